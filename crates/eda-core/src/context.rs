@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::EventInfo;
 use crate::id::EventId;
 use crate::metadata::Cause;
 
@@ -56,13 +57,24 @@ impl SubscriptionInfo {
 /// Like Go's `context.Context` in the seed design: a deadline (the processing timeout),
 /// cancellation (fired at the deadline and on shutdown), the attempt number, and the
 /// subscription's name and group.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Context {
     info: Arc<SubscriptionInfo>,
     event_id: EventId,
-    cause: Option<Arc<Cause>>,
+    event: Option<Arc<dyn EventInfo>>,
     deadline: Option<Instant>,
     attempt: u32,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("subscription", &self.info.name)
+            .field("event_id", &self.event_id)
+            .field("attempt", &self.attempt)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 impl Context {
@@ -76,15 +88,15 @@ impl Context {
         Self {
             info,
             event_id,
-            cause: None,
+            event: None,
             deadline,
             attempt,
         }
     }
 
-    /// Attaches what events published by this handler inherit.
-    pub fn with_cause(mut self, cause: Arc<Cause>) -> Self {
-        self.cause = Some(cause);
+    /// Attaches the event being handled, which events published by the handler inherit from.
+    pub fn with_event(mut self, event: Arc<dyn EventInfo>) -> Self {
+        self.event = Some(event);
         self
     }
 
@@ -93,8 +105,8 @@ impl Context {
         self.event_id
     }
     /// What an event published from this handler inherits (id, correlation, trace).
-    pub fn cause(&self) -> Option<&Arc<Cause>> {
-        self.cause.as_ref()
+    pub fn cause(&self) -> Option<Cause> {
+        self.event.as_ref().map(|e| Cause::of(e.id(), e.metadata()))
     }
     /// This attempt's number, starting at 1.
     pub fn attempt(&self) -> u32 {
@@ -139,6 +151,10 @@ impl Context {
     /// The token fired at shutdown (not at the deadline), to hand to other libraries.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.info.shutdown
+    }
+    /// The event being handled, type-erased, when the engine attached it.
+    pub fn event(&self) -> Option<&Arc<dyn EventInfo>> {
+        self.event.as_ref()
     }
     /// The subscription this delivery belongs to.
     pub fn info(&self) -> &Arc<SubscriptionInfo> {

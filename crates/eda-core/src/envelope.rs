@@ -22,6 +22,11 @@ pub fn default_source() -> Arc<str> {
     DEFAULT_SOURCE.clone()
 }
 
+/// Whether `source` is the default one given by [`Envelope::new`] (not set by anyone).
+pub fn is_default_source(source: &Arc<str>) -> bool {
+    Arc::ptr_eq(source, &DEFAULT_SOURCE)
+}
+
 /// A typed event with its attributes: id, time, source, metadata and the payload.
 ///
 /// Its serde form is a CloudEvents 1.0 JSON event:

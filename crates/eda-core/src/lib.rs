@@ -40,7 +40,7 @@ pub use dead_letter::{
     DLQ_ATTEMPTS, DLQ_REASON, DLQ_SUBSCRIBER, DLQ_TOPIC, DeadLetter, DeadLetterError,
     DeadLetterSink, MemoryDeadLetters, dead_letter_topic,
 };
-pub use envelope::{Envelope, EventInfo, SPEC_VERSION, default_source};
+pub use envelope::{Envelope, EventInfo, SPEC_VERSION, default_source, is_default_source};
 pub use error::{CodecError, EnvelopeError};
 pub use event::Event;
 pub use handler::{

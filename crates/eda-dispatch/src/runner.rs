@@ -1,0 +1,392 @@
+//! The task of one async subscription: pops its group's queue and runs each event
+//! through the lifecycle: TTL → middleware → retry → timeout → panic catch → handler,
+//! then the dead-letter sink after the last failed attempt.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use eda_core::{
+    BoxFuture, Context, DeadLetter, DeadLetterSink, Endpoint, EventInfo, Handler, HandlerError,
+    HandlerResult, Middleware, Next, RawEvent, SubscriptionInfo, Timestamp,
+};
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use crate::cause::CURRENT_EVENT;
+use crate::gate::Gate;
+use crate::options::{DeliveryMode, Executor, RetryPolicy};
+use crate::queue::Item;
+use crate::sink::{Accepts, AsyncSink};
+use crate::stats::{Counters, bump};
+
+/// The resolved lifecycle settings of one subscription.
+pub(crate) struct Settings {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) mode: DeliveryMode,
+    pub(crate) concurrency: usize,
+    pub(crate) executor: Executor,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+}
+
+pub(crate) struct Member<M, H, A> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) info: Arc<SubscriptionInfo>,
+    pub(crate) settings: Settings,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) sink: Arc<AsyncSink<M, A>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    Error(HandlerError),
+    Panic(String),
+    Timeout(Duration),
+    Unsubscribed,
+}
+
+/// How one delivery ended.
+enum Outcome {
+    Delivered,
+    Failed { attempts: u32, reason: String },
+    Unsubscribed,
+}
+
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Polls `fut` once; the caller keeps it if it is still pending.
+async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+}
+
+impl<M, H, A> Member<M, H, A>
+where
+    M: EventInfo,
+    H: Handler<M>,
+    A: Accepts<M>,
+{
+    pub(crate) async fn run(self: Arc<Self>) {
+        let limit = self.settings.concurrency.max(1);
+        let mut inflight = FuturesUnordered::new();
+        let token = self.info.shutdown_token().clone();
+        loop {
+            if inflight.len() >= limit {
+                inflight.next().await;
+                continue;
+            }
+            let item = match self.sink.queue.try_pop() {
+                Some(item) => item,
+                None if inflight.is_empty() => tokio::select! {
+                    biased;
+                    _ = token.cancelled() => break,
+                    item = self.sink.queue.pop() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                },
+                None => tokio::select! {
+                    biased;
+                    _ = inflight.next() => continue,
+                    _ = token.cancelled() => break,
+                    item = self.sink.queue.pop() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                },
+            };
+            if self.gate.is_closed() {
+                self.give_back(item).await;
+                break;
+            }
+            if limit == 1 {
+                self.process(item).await;
+            } else {
+                let mut fut = Box::pin(self.process(item));
+                if poll_once(&mut fut).await.is_pending() {
+                    inflight.push(fut);
+                }
+            }
+        }
+        while inflight.next().await.is_some() {}
+    }
+
+    /// An item popped after this member left: another member of the group takes it,
+    /// or it is not delivered.
+    async fn give_back(&self, item: Item<M>) {
+        if self.sink.live_members.load(Ordering::Acquire) > 0
+            && self
+                .sink
+                .queue
+                .push_until(item, Instant::now() + Duration::from_secs(1))
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        bump(&self.counters.dropped);
+    }
+
+    async fn process(&self, item: Item<M>) {
+        let event = match item {
+            Item::Event(event) => event,
+            Item::Undecodable { raw, reason } => {
+                let reason = format!("undecodable event: {reason}");
+                self.dead_letter((*raw).clone(), 0, reason).await;
+                return;
+            }
+        };
+        if let Some(ttl) = self.settings.ttl {
+            let age = event.time().millis_until(Timestamp::now());
+            if age > ttl.as_millis() as i64 {
+                bump(&self.counters.expired);
+                let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
+                self.send_dead_letter(&*event, 0, reason).await;
+                return;
+            }
+        }
+        let outcome = if self.settings.middleware.is_empty() {
+            self.attempts(&event).await
+        } else {
+            self.through_middleware(&event).await
+        };
+        match outcome {
+            Outcome::Delivered => bump(&self.counters.delivered),
+            Outcome::Unsubscribed => bump(&self.counters.dropped),
+            Outcome::Failed { attempts, reason } => match self.settings.mode {
+                DeliveryMode::AtMostOnce => {
+                    bump(&self.counters.failed);
+                    tracing::debug!(
+                        subscription = %self.info.name(), event_id = %event.id(), %reason,
+                        "at-most-once delivery failed; event dropped"
+                    );
+                }
+                DeliveryMode::AtLeastOnce => {
+                    let raw = event.to_raw_event();
+                    match raw {
+                        Ok(raw) => self.dead_letter(raw, attempts, reason).await,
+                        Err(e) => {
+                            bump(&self.counters.failed);
+                            tracing::error!(
+                                subscription = %self.info.name(), event_id = %event.id(),
+                                error = %e, %reason, "cannot encode failed event for the dead-letter sink"
+                            );
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    async fn through_middleware(&self, event: &Arc<M>) -> Outcome {
+        struct Attempts<'a, M, H, A> {
+            member: &'a Member<M, H, A>,
+            event: &'a Arc<M>,
+            outcome: Mutex<Option<Outcome>>,
+        }
+        impl<M: EventInfo, H: Handler<M>, A: Accepts<M>> Endpoint for Attempts<'_, M, H, A> {
+            fn call<'b>(&'b self, _ctx: &'b Context) -> BoxFuture<'b, HandlerResult> {
+                Box::pin(async move {
+                    let outcome = self.member.attempts(self.event).await;
+                    let result = match &outcome {
+                        Outcome::Delivered => Ok(()),
+                        Outcome::Failed { reason, .. } => Err(HandlerError::msg(reason)),
+                        Outcome::Unsubscribed => Err(HandlerError::msg("unsubscribed")),
+                    };
+                    *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+                    result
+                })
+            }
+        }
+        let endpoint = Attempts {
+            member: self,
+            event,
+            outcome: Mutex::new(None),
+        };
+        let ctx = Context::new(self.info.clone(), event.id(), None, 1)
+            .with_event(event.clone() as Arc<dyn EventInfo>);
+        let result = Next::new(&self.settings.middleware, &endpoint)
+            .run(&**event, &ctx)
+            .await;
+        let ran = endpoint
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match (ran, result) {
+            (Some(outcome), _) => outcome,
+            // Middleware answered without calling the handler (e.g. a duplicate).
+            (None, Ok(())) => Outcome::Delivered,
+            (None, Err(e)) => Outcome::Failed {
+                attempts: 0,
+                reason: format!("middleware: {e}"),
+            },
+        }
+    }
+
+    async fn attempts(&self, event: &Arc<M>) -> Outcome {
+        let max = match self.settings.mode {
+            DeliveryMode::AtMostOnce => 1,
+            DeliveryMode::AtLeastOnce => self.settings.retry.max_attempts.max(1),
+        };
+        let mut attempt = 1;
+        loop {
+            let failure = match self.attempt(event, attempt).await {
+                Ok(()) => return Outcome::Delivered,
+                Err(Failure::Unsubscribed) => return Outcome::Unsubscribed,
+                Err(failure) => failure,
+            };
+            let (reason, permanent) = match failure {
+                Failure::Error(e) => (e.to_string(), e.is_permanent()),
+                Failure::Panic(msg) => (format!("handler panicked: {msg}"), false),
+                Failure::Timeout(t) => (format!("timed out after {t:?}"), false),
+                Failure::Unsubscribed => unreachable!("returned above"),
+            };
+            if attempt >= max || permanent {
+                return Outcome::Failed {
+                    attempts: attempt,
+                    reason,
+                };
+            }
+            tracing::debug!(
+                subscription = %self.info.name(), event_id = %event.id(), attempt, %reason,
+                "handler failed; retrying"
+            );
+            tokio::time::sleep(self.settings.retry.delay(attempt)).await;
+            bump(&self.counters.retries);
+            attempt += 1;
+        }
+    }
+
+    /// One attempt. The gate is held while the attempt starts (the handler call and its
+    /// first poll), so that once the subscription is dropped no attempt starts.
+    async fn attempt(&self, event: &Arc<M>, attempt: u32) -> Result<(), Failure> {
+        let deadline = self.settings.timeout.map(|t| Instant::now() + t);
+        let current: Arc<dyn EventInfo> = event.clone();
+        let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt)
+            .with_event(current.clone());
+        let Some(guard) = self.gate.enter() else {
+            return Err(Failure::Unsubscribed);
+        };
+        let mut fut = pin!(self.run_handler(event.clone(), ctx, current, deadline));
+        let first = poll_once(&mut fut).await;
+        drop(guard);
+        match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => fut.await,
+        }
+    }
+
+    async fn run_handler(
+        &self,
+        event: Arc<M>,
+        ctx: Context,
+        current: Arc<dyn EventInfo>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Failure> {
+        let timeout = self.settings.timeout.unwrap_or_default();
+        match &self.settings.executor {
+            Executor::Inline => {
+                let handler = &self.handler;
+                let call =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event, ctx)));
+                let fut = match call {
+                    Ok(fut) => fut,
+                    Err(panic) => return Err(Failure::Panic(panic_message(&*panic))),
+                };
+                let fut = CURRENT_EVENT.scope(current, AssertUnwindSafe(fut).catch_unwind());
+                let result = match deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, fut).await {
+                        Ok(result) => result,
+                        Err(_) => return Err(Failure::Timeout(timeout)),
+                    },
+                    None => fut.await,
+                };
+                match result {
+                    Ok(result) => result.map_err(Failure::Error),
+                    Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
+                }
+            }
+            Executor::Runtime(runtime) => {
+                let handler = self.handler.clone();
+                let task = runtime.spawn(
+                    CURRENT_EVENT.scope(current, async move { handler.handle(event, ctx).await }),
+                );
+                let abort = task.abort_handle();
+                let joined = match deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, task).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            abort.abort();
+                            return Err(Failure::Timeout(timeout));
+                        }
+                    },
+                    None => task.await,
+                };
+                match joined {
+                    Ok(result) => result.map_err(Failure::Error),
+                    Err(e) if e.is_panic() => Err(Failure::Panic(panic_message(&*e.into_panic()))),
+                    Err(e) => Err(Failure::Error(HandlerError::msg(format!(
+                        "handler task cancelled: {e}"
+                    )))),
+                }
+            }
+        }
+    }
+
+    async fn send_dead_letter(&self, event: &M, attempts: u32, reason: String) {
+        match event.to_raw_event() {
+            Ok(raw) => {
+                let letter = DeadLetter::new(
+                    raw,
+                    self.info.topic().to_string(),
+                    self.info.name().to_string(),
+                    attempts,
+                    reason,
+                );
+                if let Err(e) = self.dead_letters.send(letter).await {
+                    tracing::error!(subscription = %self.info.name(), error = %e, "dead-letter sink failed");
+                }
+            }
+            Err(e) => tracing::error!(
+                subscription = %self.info.name(), event_id = %event.id(), error = %e, %reason,
+                "cannot encode event for the dead-letter sink"
+            ),
+        }
+    }
+
+    async fn dead_letter(&self, raw: RawEvent, attempts: u32, reason: String) {
+        let letter = DeadLetter::new(
+            raw,
+            self.info.topic().to_string(),
+            self.info.name().to_string(),
+            attempts,
+            reason,
+        );
+        match self.dead_letters.send(letter).await {
+            Ok(()) => bump(&self.counters.dead_lettered),
+            Err(e) => {
+                bump(&self.counters.failed);
+                tracing::error!(subscription = %self.info.name(), error = %e, "dead-letter sink failed; event dropped");
+            }
+        }
+    }
+}

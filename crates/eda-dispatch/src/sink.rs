@@ -1,0 +1,340 @@
+//! How `publish` hands one event to one subscription group.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use eda_core::{
+    BoxFuture, Context, Envelope, Event, EventInfo, HandlerError, RawEvent, SubscriptionInfo,
+    SyncHandler,
+};
+use tokio::time::Instant;
+
+use crate::cause::CURRENT_EVENT;
+use crate::error::SyncFailure;
+use crate::gate::Gate;
+use crate::pattern::TypePattern;
+use crate::queue::{Item, PushError, Queue};
+use crate::runner::panic_message;
+use crate::stats::{Counters, bump};
+
+/// One event being published, as every sink sees it.
+pub(crate) struct Offer<'a> {
+    pub(crate) event_type: &'a str,
+    /// `&Arc<Envelope<E>>` for typed publishes.
+    pub(crate) typed: Option<&'a (dyn Any + Send + Sync)>,
+    /// The record, for `publish_raw`.
+    pub(crate) raw_input: Option<&'a Arc<RawEvent>>,
+    pub(crate) info: &'a dyn EventInfo,
+    raw_cache: OnceLock<Result<Arc<RawEvent>, String>>,
+}
+
+impl<'a> Offer<'a> {
+    pub(crate) fn typed<E: Event>(env: &'a Arc<Envelope<E>>) -> Self {
+        Self {
+            event_type: E::TYPE,
+            typed: Some(env),
+            raw_input: None,
+            info: &**env,
+            raw_cache: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn raw(raw: &'a Arc<RawEvent>) -> Self {
+        Self {
+            event_type: &raw.event_type,
+            typed: None,
+            raw_input: Some(raw),
+            info: &**raw,
+            raw_cache: OnceLock::new(),
+        }
+    }
+
+    /// The record form, encoded (as JSON) at most once per publish.
+    fn as_raw(&self) -> Result<Arc<RawEvent>, String> {
+        if let Some(raw) = self.raw_input {
+            return Ok(raw.clone());
+        }
+        self.raw_cache
+            .get_or_init(|| {
+                self.info
+                    .to_raw_event()
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    /// The attributes alone, for an event whose payload would not encode.
+    fn attributes_only(&self) -> Arc<RawEvent> {
+        Arc::new(RawEvent {
+            id: self.info.id(),
+            time: self.info.time(),
+            source: Arc::from(self.info.source()),
+            event_type: Arc::from(self.info.event_type()),
+            datacontenttype: None,
+            dataschema: None,
+            metadata: self.info.metadata().clone(),
+            data: Default::default(),
+        })
+    }
+}
+
+/// Which events a group takes, and in what form.
+pub(crate) trait Accepts<M>: Send + Sync + 'static {
+    fn item(&self, offer: &Offer<'_>) -> Option<Item<M>>;
+    fn describe(&self) -> String;
+}
+
+/// Events of one Rust type, decoded from records when published raw.
+pub(crate) struct TypedFilter<E>(PhantomData<fn() -> E>);
+
+impl<E> TypedFilter<E> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
+    fn item(&self, offer: &Offer<'_>) -> Option<Item<Envelope<E>>> {
+        if let Some(any) = offer.typed {
+            return any
+                .downcast_ref::<Arc<Envelope<E>>>()
+                .map(|env| Item::Event(env.clone()));
+        }
+        let raw = offer.raw_input?;
+        if &*raw.event_type != E::TYPE {
+            return None;
+        }
+        Some(match raw.decode::<E>() {
+            Ok(env) => Item::Event(Arc::new(env)),
+            Err(e) => Item::Undecodable {
+                raw: raw.clone(),
+                reason: e.to_string(),
+            },
+        })
+    }
+    fn describe(&self) -> String {
+        format!("events of type `{}`", E::TYPE)
+    }
+}
+
+/// Records whose type matches a pattern.
+pub(crate) struct PatternFilter(pub(crate) TypePattern);
+
+impl Accepts<RawEvent> for PatternFilter {
+    fn item(&self, offer: &Offer<'_>) -> Option<Item<RawEvent>> {
+        if !self.0.matches(offer.event_type) {
+            return None;
+        }
+        Some(match offer.as_raw() {
+            Ok(raw) => Item::Event(raw),
+            Err(reason) => Item::Undecodable {
+                raw: offer.attributes_only(),
+                reason,
+            },
+        })
+    }
+    fn describe(&self) -> String {
+        format!("pattern `{}`", self.0.as_str())
+    }
+}
+
+pub(crate) enum OfferOutcome {
+    Accepted,
+    NotForMe,
+    Full,
+    Closed,
+    SyncFailed(SyncFailure),
+}
+
+/// A subscription group as `publish` sees it.
+pub(crate) trait Sink: Send + Sync + 'static {
+    fn group(&self) -> &str;
+    /// "async events of type `x`" — groups only take members of the same description.
+    fn describe(&self) -> String;
+    fn try_offer(&self, offer: &Offer<'_>) -> OfferOutcome;
+    fn offer_until<'a>(
+        &'a self,
+        offer: &'a Offer<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, OfferOutcome>;
+    /// A member (identified by its gate) left the group.
+    fn leave(&self, gate: &Arc<Gate>);
+    /// Stops intake; what is queued is still handled (shutdown) or dropped (last member left).
+    fn close(&self);
+    /// Drops what is queued, counting it as not delivered.
+    fn discard_queued(&self) -> u64;
+    fn queue_len(&self) -> usize;
+}
+
+/// An async group: a bounded queue its member tasks pop from.
+pub(crate) struct AsyncSink<M, A> {
+    pub(crate) group: Arc<str>,
+    pub(crate) queue: Queue<Item<M>>,
+    pub(crate) accepts: A,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) live_members: AtomicUsize,
+}
+
+impl<M: Send + Sync + 'static, A: Accepts<M>> Sink for AsyncSink<M, A> {
+    fn group(&self) -> &str {
+        &self.group
+    }
+    fn describe(&self) -> String {
+        format!("async {}", self.accepts.describe())
+    }
+    fn try_offer(&self, offer: &Offer<'_>) -> OfferOutcome {
+        let Some(item) = self.accepts.item(offer) else {
+            return OfferOutcome::NotForMe;
+        };
+        match self.queue.try_push(item) {
+            Ok(()) => {
+                bump(&self.counters.deliveries);
+                OfferOutcome::Accepted
+            }
+            Err(PushError::Full(_)) => OfferOutcome::Full,
+            Err(PushError::Closed) => OfferOutcome::Closed,
+        }
+    }
+    fn offer_until<'a>(
+        &'a self,
+        offer: &'a Offer<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, OfferOutcome> {
+        Box::pin(async move {
+            let Some(item) = self.accepts.item(offer) else {
+                return OfferOutcome::NotForMe;
+            };
+            match self.queue.push_until(item, deadline).await {
+                Ok(()) => {
+                    bump(&self.counters.deliveries);
+                    OfferOutcome::Accepted
+                }
+                Err(PushError::Full(())) => OfferOutcome::Full,
+                Err(PushError::Closed) => OfferOutcome::Closed,
+            }
+        })
+    }
+    fn leave(&self, _gate: &Arc<Gate>) {
+        self.live_members.fetch_sub(1, Ordering::AcqRel);
+    }
+    fn close(&self) {
+        self.queue.close();
+    }
+    fn discard_queued(&self) -> u64 {
+        let mut n = 0;
+        while self.queue.try_pop().is_some() {
+            bump(&self.counters.dropped);
+            n += 1;
+        }
+        n
+    }
+    fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// A member of a synchronous group.
+pub(crate) struct SyncMember<M> {
+    pub(crate) handler: Box<dyn SyncHandler<M>>,
+    pub(crate) info: Arc<SubscriptionInfo>,
+    pub(crate) gate: Arc<Gate>,
+}
+
+/// A synchronous group: `publish` runs one member's handler inline (members take turns).
+pub(crate) struct SyncSink<M, A> {
+    pub(crate) group: Arc<str>,
+    pub(crate) members: ArcSwap<Vec<Arc<SyncMember<M>>>>,
+    pub(crate) next: AtomicUsize,
+    pub(crate) accepts: A,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl<M: EventInfo, A: Accepts<M>> SyncSink<M, A> {
+    /// `None` when the member unsubscribed before the call could start.
+    fn run(&self, member: &SyncMember<M>, event: Arc<M>) -> Option<Result<(), HandlerError>> {
+        let _guard = member.gate.enter()?;
+        let ctx = Context::new(member.info.clone(), event.id(), None, 1)
+            .with_event(event.clone() as Arc<dyn EventInfo>);
+        let current: Arc<dyn EventInfo> = event.clone();
+        let call =
+            || std::panic::catch_unwind(AssertUnwindSafe(|| member.handler.handle(&event, &ctx)));
+        Some(match CURRENT_EVENT.sync_scope(current, call) {
+            Ok(result) => result,
+            Err(panic) => Err(HandlerError::msg(format!(
+                "handler panicked: {}",
+                panic_message(&*panic)
+            ))),
+        })
+    }
+}
+
+impl<M: EventInfo, A: Accepts<M>> Sink for SyncSink<M, A> {
+    fn group(&self) -> &str {
+        &self.group
+    }
+    fn describe(&self) -> String {
+        format!("sync {}", self.accepts.describe())
+    }
+    fn try_offer(&self, offer: &Offer<'_>) -> OfferOutcome {
+        let Some(item) = self.accepts.item(offer) else {
+            return OfferOutcome::NotForMe;
+        };
+        let members = self.members.load();
+        if members.is_empty() {
+            return OfferOutcome::Closed;
+        }
+        let member = &members[self.next.fetch_add(1, Ordering::Relaxed) % members.len()];
+        bump(&self.counters.deliveries);
+        let result = match item {
+            Item::Event(event) => self.run(member, event),
+            Item::Undecodable { reason, .. } => {
+                Some(Err(HandlerError::permanent(HandlerError::msg(reason))))
+            }
+        };
+        match result {
+            None => {
+                bump(&self.counters.dropped);
+                OfferOutcome::Closed
+            }
+            Some(Ok(())) => {
+                bump(&self.counters.delivered);
+                OfferOutcome::Accepted
+            }
+            Some(Err(error)) => {
+                bump(&self.counters.failed);
+                OfferOutcome::SyncFailed(SyncFailure {
+                    subscription: member.info.name().to_string(),
+                    error,
+                })
+            }
+        }
+    }
+    fn offer_until<'a>(
+        &'a self,
+        offer: &'a Offer<'a>,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, OfferOutcome> {
+        Box::pin(std::future::ready(self.try_offer(offer)))
+    }
+    fn leave(&self, gate: &Arc<Gate>) {
+        self.members.rcu(|members| {
+            members
+                .iter()
+                .filter(|m| !Arc::ptr_eq(&m.gate, gate))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+    fn close(&self) {}
+    fn discard_queued(&self) -> u64 {
+        0
+    }
+    fn queue_len(&self) -> usize {
+        0
+    }
+}
