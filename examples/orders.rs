@@ -1,1 +1,187 @@
-fn main() {}
+//! The order flow of the seed design, on the in-process bus:
+//!
+//! `order.created` → inventory reserve (sync, inline) → notification and analytics
+//! (async; analytics is slow) → a fraud check that keeps failing and ends in the
+//! dead-letter sink. The inventory handler publishes `inventory.reserved`, which
+//! inherits the order's correlation id and trace.
+//!
+//! Run: `cargo run --release --example orders`
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eda::prelude::*;
+use eda::{MemoryDeadLetters, PublishError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderCreated {
+    order_id: u64,
+    customer: String,
+    amount_cents: u64,
+}
+
+impl Event for OrderCreated {
+    const TYPE: &'static str = "order.created";
+    fn partition_key(&self) -> Option<String> {
+        Some(self.customer.clone())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InventoryReserved {
+    order_id: u64,
+}
+
+impl Event for InventoryReserved {
+    const TYPE: &'static str = "inventory.reserved";
+}
+
+/// What each handler saw, for the summary.
+#[derive(Default)]
+struct Seen(Mutex<BTreeMap<&'static str, Vec<u64>>>);
+
+impl Seen {
+    fn add(&self, who: &'static str, order_id: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(who)
+            .or_default()
+            .push(order_id);
+    }
+}
+
+const ORDERS: u64 = 20;
+
+#[tokio::main]
+async fn main() -> Result<(), eda::Error> {
+    let dead_letters = MemoryDeadLetters::default();
+    let bus = Bus::builder()
+        .service("orders-example", env!("CARGO_PKG_VERSION"))
+        .dead_letter_sink(dead_letters.clone())
+        .build();
+    let seen = Arc::new(Seen::default());
+    let mut subscriptions = Vec::new();
+
+    // Inventory: synchronous, runs before publish returns; a failure would go back to
+    // the publisher. It publishes a follow-up event, which inherits correlation/trace.
+    let (s, b) = (seen.clone(), bus.clone());
+    subscriptions.push(bus.subscribe_sync_with(
+        SubscribeOptions::new().name("inventory"),
+        move |e: &Envelope<OrderCreated>, _ctx: &Context| {
+            s.add("inventory (sync)", e.payload.order_id);
+            b.try_publish(InventoryReserved {
+                order_id: e.payload.order_id,
+            })?;
+            Ok(())
+        },
+    )?);
+
+    // Notification: async, four at a time.
+    let s = seen.clone();
+    subscriptions.push(bus.subscribe_with(
+        SubscribeOptions::new().name("notification").concurrency(4),
+        move |e: Arc<Envelope<OrderCreated>>, _ctx: Context| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                s.add("notification (async)", e.payload.order_id);
+                Ok(())
+            }
+        },
+    )?);
+
+    // Analytics: async and slow; its bounded queue absorbs the burst.
+    let s = seen.clone();
+    subscriptions.push(bus.subscribe_with(
+        SubscribeOptions::new().name("analytics"),
+        move |e: Arc<Envelope<OrderCreated>>, _ctx: Context| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                s.add("analytics (async, slow)", e.payload.order_id);
+                Ok(())
+            }
+        },
+    )?);
+
+    // Fraud check: rejects big orders every time; after 3 attempts they are dead letters.
+    let s = seen.clone();
+    subscriptions.push(bus.subscribe_with(
+        SubscribeOptions::new().name("fraud-check").retry(
+            RetryPolicy::attempts(3).backoff(Duration::from_millis(10), Duration::from_millis(50)),
+        ),
+        move |e: Arc<Envelope<OrderCreated>>, ctx: Context| {
+            let s = s.clone();
+            async move {
+                if e.payload.amount_cents > 50_000 {
+                    return Err(HandlerError::msg(format!(
+                        "amount {} over the limit (attempt {})",
+                        e.payload.amount_cents,
+                        ctx.attempt()
+                    )));
+                }
+                s.add("fraud-check (async)", e.payload.order_id);
+                Ok(())
+            }
+        },
+    )?);
+
+    // Follow-up events: the causing order's correlation id comes along.
+    let s = seen.clone();
+    subscriptions.push(bus.subscribe_sync_with(
+        SubscribeOptions::new().name("reservations"),
+        move |e: &Envelope<InventoryReserved>, _ctx: &Context| {
+            assert!(e.metadata.causation_id.is_some());
+            s.add("reservations (sync)", e.payload.order_id);
+            Ok(())
+        },
+    )?);
+
+    let started = Instant::now();
+    for order_id in 1..=ORDERS {
+        let order = OrderCreated {
+            order_id,
+            customer: format!("customer-{}", order_id % 5),
+            amount_cents: order_id * 4_000,
+        };
+        let envelope = Envelope::new(order).with_correlation_id(format!("checkout-{order_id}"));
+        match bus.publish_envelope(envelope).await {
+            Ok(_) => {}
+            Err(PublishError::Handlers { failures, .. }) => {
+                eprintln!("sync handlers failed: {failures:?}")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("published {ORDERS} orders in {:?}", started.elapsed());
+
+    let report = bus.shutdown(Duration::from_secs(10)).await;
+    println!("\nwhat each handler saw:");
+    for (who, ids) in seen.0.lock().unwrap().iter() {
+        println!("  {who:<24} {:>3} events: {:?}", ids.len(), ids);
+    }
+    println!("\ndead letters ({}):", dead_letters.total());
+    for letter in dead_letters.letters() {
+        let order: Envelope<OrderCreated> = letter.event.decode()?;
+        println!(
+            "  order {:>2} from `{}` after {} attempts: {}",
+            order.payload.order_id, letter.subscriber, letter.attempts, letter.reason
+        );
+    }
+    let s = report.stats;
+    println!(
+        "\nshutdown report: published {} events, {} deliveries: {} delivered, {} failed, {} dead-lettered, {} expired, {} not delivered (drained: {})",
+        s.published,
+        s.deliveries,
+        s.delivered,
+        s.failed,
+        s.dead_lettered,
+        s.expired,
+        s.not_delivered,
+        report.drained
+    );
+    Ok(())
+}

@@ -1,1 +1,286 @@
-fn main() {}
+//! Project automation: `cargo xtask ci | bench | services up|status`.
+//!
+//! No dependencies: it only runs cargo and the system's tools.
+
+use std::env;
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        Some("services") => match args.get(1).map(String::as_str) {
+            Some("up") => services_up(),
+            Some("status") | None => services_status(),
+            Some(other) => Err(format!("unknown `services` command `{other}` (up, status)")),
+        },
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 ci               fmt, clippy, each feature alone, tests, doc tests, docs\n\
+                 bench [filter]   benchmarks with in-run baselines (release build)\n\
+                 services up      check the services tests need; install/start the missing\n\
+                 services status  show which services answer"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("\n==> {what}\n    {cmd:?}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    eprintln!("<== {what}: {status} in {:.1?}", started.elapsed());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn has_cargo_subcommand(name: &str) -> bool {
+    cargo()
+        .args([name, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The `[features]` of the facade crate, read from its manifest.
+fn facade_features() -> Result<Vec<String>, String> {
+    let path = root().join("crates/eda/Cargo.toml");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut in_features = false;
+    let mut features = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_features = line == "[features]";
+            continue;
+        }
+        if in_features && let Some((name, _)) = line.split_once('=') {
+            let name = name.trim();
+            if !name.is_empty() && !name.starts_with('#') && name != "default" {
+                features.push(name.to_owned());
+            }
+        }
+    }
+    Ok(features)
+}
+
+fn ci() -> Result<(), String> {
+    let started = Instant::now();
+    run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    if has_cargo_subcommand("hack") {
+        run(
+            "each feature alone (cargo hack)",
+            cargo().args([
+                "hack",
+                "check",
+                "-p",
+                "eda",
+                "--each-feature",
+                "--no-dev-deps",
+            ]),
+        )?;
+    } else {
+        run(
+            "facade without default features",
+            cargo().args(["check", "-p", "eda", "--no-default-features"]),
+        )?;
+        for feature in facade_features()? {
+            run(
+                &format!("facade with feature `{feature}` alone"),
+                cargo().args([
+                    "check",
+                    "-p",
+                    "eda",
+                    "--no-default-features",
+                    "--features",
+                    &feature,
+                ]),
+            )?;
+        }
+    }
+    if has_cargo_subcommand("nextest") {
+        run(
+            "tests (nextest)",
+            cargo().args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ]),
+        )?;
+        run(
+            "doc tests",
+            cargo().args(["test", "--workspace", "--all-features", "--doc"]),
+        )?;
+    } else {
+        run(
+            "tests",
+            cargo().args(["test", "--workspace", "--all-features"]),
+        )?;
+    }
+    run(
+        "docs",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    eprintln!("\nci: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "eda-dispatch", "--bench", "bus", "--"]);
+    cmd.args(args);
+    run("benchmarks", &mut cmd)
+}
+
+/// A service a test suite talks to.
+struct Service {
+    name: &'static str,
+    env: &'static str,
+    default_addr: &'static str,
+    start: fn() -> Result<(), String>,
+}
+
+const SERVICES: &[Service] = &[Service {
+    name: "redis",
+    env: "EDA_REDIS_URL",
+    default_addr: "127.0.0.1:6379",
+    start: start_redis,
+}];
+
+fn answers(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+}
+
+fn services_status() -> Result<(), String> {
+    for s in SERVICES {
+        let state = if answers(s.default_addr) {
+            "up"
+        } else {
+            "DOWN"
+        };
+        println!(
+            "{:<8} {:<22} {state} (tests read {})",
+            s.name, s.default_addr, s.env
+        );
+    }
+    Ok(())
+}
+
+fn services_up() -> Result<(), String> {
+    for s in SERVICES {
+        if answers(s.default_addr) {
+            eprintln!("services: {} answers on {}", s.name, s.default_addr);
+            continue;
+        }
+        eprintln!(
+            "services: {} is not answering on {}; starting it",
+            s.name, s.default_addr
+        );
+        (s.start)()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers(s.default_addr) {
+            if Instant::now() > deadline {
+                return Err(format!("{} did not come up on {}", s.name, s.default_addr));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("services: {} is up", s.name);
+    }
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    run(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    run(
+        "apt-get install",
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn start_redis() -> Result<(), String> {
+    if !have("redis-server") {
+        apt_install(&["redis-server"])?;
+    }
+    fs::create_dir_all("/var/lib/redis").ok();
+    fs::create_dir_all("/var/log/redis").ok();
+    run(
+        "start redis-server",
+        Command::new("redis-server").args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        ]),
+    )
+}

@@ -6,9 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::EventInfo;
 use crate::id::EventId;
-use crate::metadata::Cause;
 
 /// Facts about one subscription, shared by all its deliveries.
 #[derive(Debug)]
@@ -61,7 +59,6 @@ impl SubscriptionInfo {
 pub struct Context {
     info: Arc<SubscriptionInfo>,
     event_id: EventId,
-    event: Option<Arc<dyn EventInfo>>,
     deadline: Option<Instant>,
     attempt: u32,
 }
@@ -88,25 +85,14 @@ impl Context {
         Self {
             info,
             event_id,
-            event: None,
             deadline,
             attempt,
         }
     }
 
-    /// Attaches the event being handled, which events published by the handler inherit from.
-    pub fn with_event(mut self, event: Arc<dyn EventInfo>) -> Self {
-        self.event = Some(event);
-        self
-    }
-
     /// The id of the event being handled.
     pub fn event_id(&self) -> EventId {
         self.event_id
-    }
-    /// What an event published from this handler inherits (id, correlation, trace).
-    pub fn cause(&self) -> Option<Cause> {
-        self.event.as_ref().map(|e| Cause::of(e.id(), e.metadata()))
     }
     /// This attempt's number, starting at 1.
     pub fn attempt(&self) -> u32 {
@@ -151,10 +137,6 @@ impl Context {
     /// The token fired at shutdown (not at the deadline), to hand to other libraries.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.info.shutdown
-    }
-    /// The event being handled, type-erased, when the engine attached it.
-    pub fn event(&self) -> Option<&Arc<dyn EventInfo>> {
-        self.event.as_ref()
     }
     /// The subscription this delivery belongs to.
     pub fn info(&self) -> &Arc<SubscriptionInfo> {

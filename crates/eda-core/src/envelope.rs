@@ -70,8 +70,7 @@ impl<E: Event> Envelope<E> {
     /// Wraps a payload with a new v7 id, the id's timestamp, the default source and the
     /// payload's partition key.
     pub fn new(payload: E) -> Self {
-        let id = EventId::new();
-        let time = id.timestamp().unwrap_or_else(Timestamp::now);
+        let (id, time) = EventId::new_with_time();
         let metadata = Metadata {
             partition_key: payload.partition_key(),
             ..Metadata::default()

@@ -1,5 +1,6 @@
 //! Event identifiers and timestamps.
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,10 +18,47 @@ use crate::error::EnvelopeError;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(Uuid);
 
+thread_local! {
+    /// Last millisecond and counter of this thread's v7 ids.
+    static V7_STATE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+const COUNTER_BITS: u32 = 42;
+
+/// RFC 9562 §6.2 method 1: a 42-bit counter below the millisecond timestamp, seeded at
+/// random (41 bits, so there is room to count) each new millisecond, and 32 random bits.
+/// Ids made on one thread strictly increase; ids of different threads order by
+/// millisecond. A thread-local state avoids `Uuid::now_v7`'s process-wide lock.
+fn next_v7(now_ms: u64) -> (u64, Uuid) {
+    let (ms, counter) = V7_STATE.with(|state| {
+        let (last_ms, last_counter) = state.get();
+        let next = if now_ms > last_ms {
+            (now_ms, fastrand::u64(..) >> (64 - (COUNTER_BITS - 1)))
+        } else if last_counter + 1 < (1 << COUNTER_BITS) {
+            (last_ms, last_counter + 1)
+        } else {
+            // Counter exhausted within one millisecond: borrow the next millisecond.
+            (last_ms + 1, fastrand::u64(..) >> (64 - (COUNTER_BITS - 1)))
+        };
+        state.set(next);
+        next
+    });
+    let high = (ms << 16) | 0x7000 | ((counter >> 30) & 0x0fff);
+    let low = (0b10 << 62) | ((counter & 0x3fff_ffff) << 32) | u64::from(fastrand::u32(..));
+    (ms, Uuid::from_u64_pair(high, low))
+}
+
 impl EventId {
     /// A new time-ordered (v7) id.
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        Self::new_with_time().0
+    }
+
+    /// A new v7 id and the timestamp it encodes, from one clock reading.
+    pub fn new_with_time() -> (Self, Timestamp) {
+        let now = Timestamp::now();
+        let (ms, uuid) = next_v7(now.unix_millis().max(0) as u64);
+        (Self(uuid), Timestamp::from_unix_millis(ms as i64))
     }
 
     /// Wraps an existing UUID (any version).
@@ -172,8 +210,27 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_rfc9562_v7_and_carry_their_time() {
+        for _ in 0..10_000 {
+            let (id, time) = EventId::new_with_time();
+            assert_eq!(id.as_uuid().get_version_num(), 7);
+            assert_eq!(id.as_uuid().get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(id.timestamp(), Some(time));
+        }
+    }
+
+    #[test]
+    fn counter_overflow_borrows_the_next_millisecond() {
+        V7_STATE.with(|s| s.set((1_000, (1 << COUNTER_BITS) - 1)));
+        let (ms, a) = next_v7(1_000);
+        assert_eq!(ms, 1_001);
+        let (_, b) = next_v7(999);
+        assert!(a < b, "a clock going backwards never breaks the order");
+    }
+
+    #[test]
     fn ids_sort_by_creation() {
-        let ids: Vec<EventId> = (0..1000).map(|_| EventId::new()).collect();
+        let ids: Vec<EventId> = (0..100_000).map(|_| EventId::new()).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);

@@ -81,7 +81,8 @@ pub(crate) struct Inner {
 /// Who gets what: read on every publish, rebuilt on every (un)subscribe.
 #[derive(Clone, Default)]
 struct Routing {
-    by_type: HashMap<Arc<str>, TypeRoute>,
+    /// Looked up on every publish: foldhash, not SipHash (keys are our own type names).
+    by_type: HashMap<Arc<str>, TypeRoute, foldhash::fast::RandomState>,
     patterns: Vec<Arc<dyn Sink>>,
 }
 

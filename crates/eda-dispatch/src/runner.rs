@@ -221,8 +221,7 @@ where
             event,
             outcome: Mutex::new(None),
         };
-        let ctx = Context::new(self.info.clone(), event.id(), None, 1)
-            .with_event(event.clone() as Arc<dyn EventInfo>);
+        let ctx = Context::new(self.info.clone(), event.id(), None, 1);
         let result = Next::new(&self.settings.middleware, &endpoint)
             .run(&**event, &ctx)
             .await;
@@ -281,8 +280,7 @@ where
     async fn attempt(&self, event: &Arc<M>, attempt: u32) -> Result<(), Failure> {
         let deadline = self.settings.timeout.map(|t| Instant::now() + t);
         let current: Arc<dyn EventInfo> = event.clone();
-        let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt)
-            .with_event(current.clone());
+        let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt);
         let Some(guard) = self.gate.enter() else {
             return Err(Failure::Unsubscribed);
         };

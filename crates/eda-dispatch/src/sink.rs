@@ -258,8 +258,7 @@ impl<M: EventInfo, A: Accepts<M>> SyncSink<M, A> {
     /// `None` when the member unsubscribed before the call could start.
     fn run(&self, member: &SyncMember<M>, event: Arc<M>) -> Option<Result<(), HandlerError>> {
         let _guard = member.gate.enter()?;
-        let ctx = Context::new(member.info.clone(), event.id(), None, 1)
-            .with_event(event.clone() as Arc<dyn EventInfo>);
+        let ctx = Context::new(member.info.clone(), event.id(), None, 1);
         let current: Arc<dyn EventInfo> = event.clone();
         let call =
             || std::panic::catch_unwind(AssertUnwindSafe(|| member.handler.handle(&event, &ctx)));

@@ -1,1 +1,78 @@
-//! placeholder
+//! # eda — an event-driven toolkit for Rust services
+//!
+//! Typed events, an in-process bus, and (behind Cargo features, as they land) durable
+//! transports with one contract, so a service grows from one process to a fleet
+//! without rewriting its handlers.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use eda::prelude::*;
+//!
+//! #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! struct OrderCreated { order_id: u64, customer: String }
+//! impl Event for OrderCreated { const TYPE: &'static str = "order.created"; }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), eda::Error> {
+//! let bus = Bus::builder().service("shop", "1.0.0").build();
+//!
+//! // Sync: runs inline before `publish` returns; its error goes back to the publisher.
+//! let _reserve = bus.subscribe_sync(|e: &Envelope<OrderCreated>, _ctx: &Context| {
+//!     println!("reserving stock for order {}", e.payload.order_id);
+//!     Ok(())
+//! })?;
+//!
+//! // Async: its own task, bounded queue, timeout, retries, dead letters.
+//! let _mail = bus.subscribe_with(
+//!     SubscribeOptions::new().name("mail").timeout(Duration::from_secs(5)),
+//!     |e: Arc<Envelope<OrderCreated>>, ctx: Context| async move {
+//!         println!("mailing {} (attempt {})", e.payload.customer, ctx.attempt());
+//!         Ok(())
+//!     },
+//! )?;
+//!
+//! bus.publish(OrderCreated { order_id: 1, customer: "ada".into() }).await?;
+//! let report = bus.shutdown(Duration::from_secs(5)).await;
+//! assert_eq!(report.stats.delivered, 2);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Crates
+//! | crate | what |
+//! |---|---|
+//! | `eda-core` | events, CloudEvents envelopes, codecs, handler/middleware/interceptor traits |
+//! | `eda-dispatch` | the in-process [`Bus`], subscriptions, lifecycle |
+//!
+//! ## Features
+//! `default` is the in-process bus only. `full` turns on every backend as they are
+//! added (`sqlite`, `redis`, `kafka`, `dedup`, `observe`).
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+
+pub use error::Error;
+
+pub use eda_core::{
+    Bytes, CancellationToken, Cause, Codec, CodecError, ContentCodec, Context, DLQ_ATTEMPTS,
+    DLQ_REASON, DLQ_SUBSCRIBER, DLQ_TOPIC, DeadLetter, DeadLetterError, DeadLetterSink, Envelope,
+    EnvelopeError, Event, EventId, EventInfo, Handler, HandlerError, HandlerResult, Interceptor,
+    JsonCodec, MemoryDeadLetters, Metadata, Middleware, Next, PostcardCodec, PublishAttributes,
+    RawEvent, SyncHandler, Timestamp, TraceParent, dead_letter_topic, validate_extension_name,
+};
+pub use eda_dispatch::{
+    Bus, BusBuilder, BusConfig, BusStats, DeliveryMode, Executor, PublishError, RetryPolicy,
+    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SyncFailure, TopicConfig,
+    TypePattern, current_cause,
+};
+
+/// The vocabulary crate, for what the facade does not re-export.
+pub use eda_core as core;
+/// The engine crate, for what the facade does not re-export.
+pub use eda_dispatch as dispatch;
+
+/// The names most programs need: `use eda::prelude::*;`.
+pub mod prelude {
+    pub use eda_core::{Context, Envelope, Event, EventId, HandlerError, HandlerResult, RawEvent};
+    pub use eda_dispatch::{Bus, DeliveryMode, RetryPolicy, SubscribeOptions, Subscription};
+}
