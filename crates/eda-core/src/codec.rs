@@ -67,7 +67,7 @@ impl Codec for PostcardCodec {
     }
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         match postcard::take_from_bytes::<T>(bytes) {
-            Ok((value, rest)) if rest.is_empty() => Ok(value),
+            Ok((value, [])) => Ok(value),
             Ok((_, rest)) => Err(CodecError::Decode {
                 content_type: POSTCARD,
                 reason: format!("{} trailing bytes after the value", rest.len()),

@@ -141,7 +141,7 @@ impl<E: Event> Envelope<E> {
             datacontenttype: Some(codec.content_type().to_owned()),
             dataschema,
             metadata: self.metadata.clone(),
-            data: data,
+            data,
         })
     }
 }

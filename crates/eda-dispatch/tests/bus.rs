@@ -45,7 +45,7 @@ async fn every_subscription_sees_every_event_exactly_once() {
                     let seen = seen.clone();
                     let name = name.clone();
                     async move {
-                        if e.payload.order_id % 3 == 0 {
+                        if e.payload.order_id.is_multiple_of(3) {
                             tokio::task::yield_now().await;
                         }
                         record(&seen, &name, e.payload.order_id);
@@ -144,7 +144,7 @@ async fn dropping_a_subscription_during_a_storm_stops_delivery() {
                         // publish never deadlocks against the drop.
                         bus.publish(order(n)).await.unwrap();
                         n += 1;
-                        if n % 64 == 0 {
+                        if n.is_multiple_of(64) {
                             tokio::task::yield_now().await;
                         }
                     }
@@ -327,7 +327,7 @@ async fn shutdown_drains_in_flight_work_and_the_report_adds_up() {
                     let handled = handled.clone();
                     async move {
                         tokio::time::sleep(Duration::from_micros(200 * i)).await;
-                        if i == 2 && e.payload.order_id % 10 == 0 {
+                        if i == 2 && e.payload.order_id.is_multiple_of(10) {
                             return Err(HandlerError::msg("every tenth fails"));
                         }
                         handled.fetch_add(1, Ordering::Relaxed);
