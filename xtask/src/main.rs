@@ -22,7 +22,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
-                 ci               fmt, clippy, each feature alone, tests, doc tests, docs\n\
+                 ci               fmt, clippy, each feature alone, tests, doc tests,\n\
+                 \x20                 ring stress (release), loom models, docs\n\
                  bench [filter]   benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
@@ -162,6 +163,26 @@ fn ci() -> Result<(), String> {
             cargo().args(["test", "--workspace", "--all-features"]),
         )?;
     }
+    run(
+        "ring stress tests (release, millions of events)",
+        cargo().args([
+            "test",
+            "-p",
+            "eda-dispatch",
+            "--release",
+            "--test",
+            "ring_stress",
+        ]),
+    )?;
+    let loom_target = root().join("target").join("loom");
+    run(
+        "loom models of the ring",
+        cargo()
+            .args(["test", "-p", "eda-dispatch", "--release", "--lib", "loom"])
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("LOOM_MAX_PREEMPTIONS", "2")
+            .env("CARGO_TARGET_DIR", loom_target),
+    )?;
     run(
         "docs",
         cargo()

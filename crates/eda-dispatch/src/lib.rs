@@ -28,6 +28,7 @@ mod gate;
 mod options;
 mod pattern;
 mod queue;
+pub mod ring;
 mod runner;
 mod sink;
 mod stats;

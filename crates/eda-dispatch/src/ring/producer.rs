@@ -1,0 +1,248 @@
+//! Claiming and publishing sequences: a single-producer fast path (no atomic RMW, the
+//! claim counter is a plain field) and a multi-producer claim by CAS, both with batches.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use super::ring::{Closed, Full, RingBuffer};
+use super::sequence::INITIAL;
+use super::sync::Arc;
+use super::wait::WaitStrategy;
+
+/// The only producer of a ring: claims with plain arithmetic, publishes by storing
+/// the cursor. Not `Clone`; use [`MultiProducer`] for several publishers.
+#[derive(Debug)]
+pub struct SingleProducer<T> {
+    ring: Arc<RingBuffer<T>>,
+    /// The last sequence claimed.
+    claimed: i64,
+}
+
+impl<T: Send + Sync> SingleProducer<T> {
+    pub(super) fn new(ring: Arc<RingBuffer<T>>) -> Self {
+        Self {
+            ring,
+            claimed: INITIAL,
+        }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Arc<RingBuffer<T>> {
+        &self.ring
+    }
+
+    fn room_for(&self, n: i64) -> bool {
+        self.ring.has_room(self.claimed + n, self.claimed)
+    }
+
+    /// Publishes one event, or gives it back when the ring is full or closed.
+    #[inline]
+    pub fn try_publish(&mut self, value: T) -> Result<i64, T> {
+        if self.ring.is_closed() || !self.room_for(1) {
+            return Err(value);
+        }
+        let sequence = self.claimed + 1;
+        self.ring.write(sequence, value);
+        self.claimed = sequence;
+        self.ring.publish_range(sequence, sequence);
+        Ok(sequence)
+    }
+
+    /// Publishes one event, waiting for room with `strategy`.
+    pub fn publish(&mut self, value: T, strategy: WaitStrategy) -> Result<i64, Closed> {
+        self.wait_for_room(1, strategy)?;
+        self.try_publish(value).map_err(|_| Closed)
+    }
+
+    /// Publishes a batch under one claim and one cursor store; all or nothing.
+    pub fn try_publish_batch<I>(&mut self, values: I) -> Result<(i64, i64), Full>
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let values = values.into_iter();
+        let n = values.len() as i64;
+        if n == 0 {
+            return Ok((self.claimed + 1, self.claimed));
+        }
+        if n > self.ring.capacity() as i64 || self.ring.is_closed() || !self.room_for(n) {
+            return Err(Full);
+        }
+        let lo = self.claimed + 1;
+        for (i, value) in values.enumerate() {
+            self.ring.write(lo + i as i64, value);
+        }
+        self.claimed = lo + n - 1;
+        self.ring.publish_range(lo, self.claimed);
+        Ok((lo, self.claimed))
+    }
+
+    /// Publishes a batch, waiting for room with `strategy`. At most the ring's capacity.
+    pub fn publish_batch<I>(
+        &mut self,
+        values: I,
+        strategy: WaitStrategy,
+    ) -> Result<(i64, i64), Closed>
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let values = values.into_iter();
+        let n = (values.len() as i64).min(self.ring.capacity() as i64);
+        self.wait_for_room(n, strategy)?;
+        self.try_publish_batch(values).map_err(|_| Closed)
+    }
+
+    fn wait_for_room(&self, n: i64, strategy: WaitStrategy) -> Result<(), Closed> {
+        let ring = &self.ring;
+        strategy.wait_until(&ring.space, || ring.is_closed() || self.room_for(n));
+        if ring.is_closed() {
+            Err(Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits (asynchronously) until one event fits.
+    pub async fn room(&self) -> Result<(), Closed> {
+        poll_fn(|cx| {
+            if self.ring.is_closed() {
+                return Poll::Ready(Err(Closed));
+            }
+            if self.room_for(1) {
+                return Poll::Ready(Ok(()));
+            }
+            self.ring.space.register(cx.waker());
+            if self.ring.is_closed() {
+                Poll::Ready(Err(Closed))
+            } else if self.room_for(1) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One of several producers of a ring: claims by compare-and-swap on the shared
+/// cursor and publishes per slot. Cheap to clone.
+#[derive(Debug)]
+pub struct MultiProducer<T> {
+    ring: Arc<RingBuffer<T>>,
+}
+
+impl<T> Clone for MultiProducer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            ring: self.ring.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync> MultiProducer<T> {
+    pub(super) fn new(ring: Arc<RingBuffer<T>>) -> Self {
+        Self { ring }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Arc<RingBuffer<T>> {
+        &self.ring
+    }
+
+    /// Claims `n` sequences if they fit now: `(lo, hi)`.
+    #[inline]
+    fn try_claim(&self, n: i64) -> Result<(i64, i64), Full> {
+        loop {
+            if self.ring.is_closed() {
+                return Err(Full);
+            }
+            let current = self.ring.cursor.get();
+            let hi = current + n;
+            if !self.ring.has_room(hi, current) {
+                return Err(Full);
+            }
+            if self.ring.cursor.compare_exchange(current, hi).is_ok() {
+                return Ok((current + 1, hi));
+            }
+        }
+    }
+
+    fn has_room_for(&self, n: i64) -> bool {
+        let current = self.ring.cursor.get();
+        self.ring.has_room(current + n, current)
+    }
+
+    /// Publishes one event, or gives it back when the ring is full or closed.
+    #[inline]
+    pub fn try_publish(&self, value: T) -> Result<i64, T> {
+        match self.try_claim(1) {
+            Ok((sequence, _)) => {
+                self.ring.write(sequence, value);
+                self.ring.publish_range(sequence, sequence);
+                Ok(sequence)
+            }
+            Err(Full) => Err(value),
+        }
+    }
+
+    /// Publishes one event, waiting for room with `strategy`.
+    pub fn publish(&self, mut value: T, strategy: WaitStrategy) -> Result<i64, Closed> {
+        loop {
+            match self.try_publish(value) {
+                Ok(sequence) => return Ok(sequence),
+                Err(back) => value = back,
+            }
+            let ring = &self.ring;
+            strategy.wait_until(&ring.space, || ring.is_closed() || self.has_room_for(1));
+            if ring.is_closed() {
+                return Err(Closed);
+            }
+        }
+    }
+
+    /// Publishes a batch under one claim; all or nothing.
+    pub fn try_publish_batch<I>(&self, values: I) -> Result<(i64, i64), Full>
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let values = values.into_iter();
+        let n = values.len() as i64;
+        if n == 0 {
+            let c = self.ring.cursor.get();
+            return Ok((c + 1, c));
+        }
+        if n > self.ring.capacity() as i64 {
+            return Err(Full);
+        }
+        let (lo, hi) = self.try_claim(n)?;
+        for (i, value) in values.enumerate() {
+            self.ring.write(lo + i as i64, value);
+        }
+        self.ring.publish_range(lo, hi);
+        Ok((lo, hi))
+    }
+
+    /// Waits (asynchronously) until one event fits; with other producers racing, the
+    /// following `try_publish` may still find the ring full.
+    pub async fn room(&self) -> Result<(), Closed> {
+        poll_fn(|cx| {
+            if self.ring.is_closed() {
+                return Poll::Ready(Err(Closed));
+            }
+            if self.has_room_for(1) {
+                return Poll::Ready(Ok(()));
+            }
+            self.ring.space.register(cx.waker());
+            if self.ring.is_closed() {
+                Poll::Ready(Err(Closed))
+            } else if self.has_room_for(1) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,238 @@
+//! The ring itself: pre-allocated slots, the publish cursor, the gating sequences of
+//! its consumers, and the two notifiers (data published, space freed).
+//!
+//! # Why the slot accesses are sound
+//!
+//! A slot holds the event of every sequence `s` with `s & mask == index`.
+//! * **Writes.** A producer writes sequence `s` only after claiming it exclusively
+//!   (single producer: the only handle; multi producer: a successful CAS of the claim
+//!   cursor) and after observing, with Acquire, every gating sequence `>= s - capacity`:
+//!   every consumer has finished with the slot's previous occupant and published that
+//!   with Release, so its reads happen before this write. Nobody reads `s` yet, because
+//!   `s` becomes visible only when the producer publishes it (Release) afterwards.
+//! * **Reads.** A consumer reads `s` only after observing it published (Acquire on the
+//!   cursor, or on the slot's availability flag with several producers), so the write
+//!   happens before the read. The slot cannot be rewritten (as `s + capacity`) until
+//!   this consumer's sequence reaches `s`, which it stores (Release) only after its
+//!   reads are done. Readers only share `&T`, hence `T: Sync`.
+
+use super::sequence::{INITIAL, Sequence, min_sequence};
+use super::sync::{Arc, AtomicBool, AtomicI64, Mutex, Ordering, UnsafeCell, lock};
+use super::wait::Notifier;
+
+/// The ring could not take the events: every slot is still being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ring buffer full")]
+pub struct Full;
+
+/// The ring was closed and everything published has been consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ring buffer closed")]
+pub struct Closed;
+
+/// A pre-allocated, power-of-two ring of slots shared by producers and consumers.
+pub struct RingBuffer<T> {
+    slots: Box<[UnsafeCell<Option<T>>]>,
+    mask: i64,
+    /// Single producer: the last published sequence.
+    /// Multi producer: the last *claimed* sequence (publication is per slot).
+    pub(super) cursor: Sequence,
+    /// Multi producer only: the sequence last published into each slot.
+    available: Box<[AtomicI64]>,
+    multi: bool,
+    /// Consumers that may not be overrun (their sequences), as an immutable snapshot.
+    gating: Mutex<Arc<[Arc<Sequence>]>>,
+    /// The smallest gating sequence seen last time; only a lower bound, refreshed lazily.
+    pub(super) gating_cache: Sequence,
+    pub(super) data: Notifier,
+    pub(super) space: Notifier,
+    closed: AtomicBool,
+    /// Set once a consumer depends on another (a pipeline stage): consumers' progress
+    /// must then wake waiting consumers too, not only producers.
+    pub(super) pipelined: AtomicBool,
+}
+
+// SAFETY: the ring moves `T`s between threads (Send) and lets several consumers read the
+// same `T` at once (Sync); the slot protocol in the module docs rules out data races.
+#[allow(unsafe_code)]
+unsafe impl<T: Send + Sync> Sync for RingBuffer<T> {}
+
+impl<T> std::fmt::Debug for RingBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingBuffer")
+            .field("capacity", &self.capacity())
+            .field("cursor", &self.cursor.get())
+            .field("multi_producer", &self.multi)
+            .finish()
+    }
+}
+
+impl<T> RingBuffer<T> {
+    pub(super) fn new(capacity: usize, multi: bool) -> Arc<Self> {
+        let capacity = capacity.max(1).next_power_of_two();
+        let slots = (0..capacity).map(|_| UnsafeCell::new(None)).collect();
+        let available = if multi {
+            (0..capacity).map(|_| AtomicI64::new(INITIAL)).collect()
+        } else {
+            Vec::new().into_boxed_slice()
+        };
+        Arc::new(Self {
+            slots,
+            mask: capacity as i64 - 1,
+            cursor: Sequence::new(INITIAL),
+            available,
+            multi,
+            gating: Mutex::new(Arc::from(Vec::new())),
+            gating_cache: Sequence::new(INITIAL),
+            data: Notifier::default(),
+            space: Notifier::default(),
+            closed: AtomicBool::new(false),
+            pipelined: AtomicBool::new(false),
+        })
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the ring has several producers.
+    pub fn is_multi_producer(&self) -> bool {
+        self.multi
+    }
+
+    /// The highest sequence claimed (multi producer) or published (single producer).
+    pub fn cursor(&self) -> i64 {
+        self.cursor.get()
+    }
+
+    /// Closes the ring: producers fail, consumers drain what was published, then stop.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.data.notify();
+        self.space.notify();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The smallest sequence of the gating consumers (`default` when there are none).
+    pub(super) fn min_gating(&self, default: i64) -> i64 {
+        let gating = lock(&self.gating).clone();
+        min_sequence(&gating, default)
+    }
+
+    /// Whether sequences up to `hi` may be written: every gating consumer is past
+    /// `hi - capacity`. Refreshes the cached minimum when it is not enough.
+    #[inline]
+    pub(super) fn has_room(&self, hi: i64, published: i64) -> bool {
+        let wrap_point = hi - self.capacity() as i64;
+        if wrap_point <= self.gating_cache.get() {
+            return true;
+        }
+        let min = self.min_gating(published);
+        self.gating_cache.set(min);
+        wrap_point <= min
+    }
+
+    /// Removes a consumer's sequence; producers no longer wait for it.
+    pub(super) fn remove_gating(&self, sequence: &Arc<Sequence>) {
+        {
+            let mut gating = lock(&self.gating);
+            let next: Vec<Arc<Sequence>> = gating
+                .iter()
+                .filter(|s| !Arc::ptr_eq(s, sequence))
+                .cloned()
+                .collect();
+            *gating = Arc::from(next);
+        }
+        self.space.notify();
+    }
+
+    /// Registers a new consumer; it sees every event claimed after this call.
+    ///
+    /// It starts at the cursor read under the gating lock. A producer whose room check
+    /// did not include it (a stale cache, or a check just before) was bounded by the
+    /// older consumers, which are all at or below that cursor, so it only rewrites slots
+    /// whose previous occupants precede this consumer's start.
+    pub(super) fn register_consumer(&self) -> Arc<Sequence> {
+        let mut gating = lock(&self.gating);
+        let sequence = Arc::new(Sequence::new(self.cursor.get()));
+        let mut next: Vec<Arc<Sequence>> = gating.iter().cloned().collect();
+        next.push(sequence.clone());
+        *gating = Arc::from(next);
+        sequence
+    }
+
+    /// Writes `value` into the slot of `sequence`.
+    ///
+    /// Callers must have claimed `sequence` exclusively and checked room for it
+    /// ([`has_room`](Self::has_room)); see the module docs.
+    #[inline]
+    pub(super) fn write(&self, sequence: i64, value: T) {
+        let slot = &self.slots[(sequence & self.mask) as usize];
+        // SAFETY: the caller claimed `sequence` exclusively, and every consumer has
+        // released the slot's previous occupant (room checked with Acquire), so no other
+        // thread accesses this slot until `sequence` is published.
+        #[allow(unsafe_code)]
+        slot.with_mut(|ptr| unsafe { *ptr = Some(value) });
+    }
+
+    /// Reads the slot of `sequence` through `f`.
+    ///
+    /// Callers must have observed `sequence` published and must hold a gating sequence
+    /// below it until `f` returns; see the module docs.
+    #[inline]
+    pub(super) fn read<R>(&self, sequence: i64, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let slot = &self.slots[(sequence & self.mask) as usize];
+        // SAFETY: `sequence` was published (Acquire), so its write happened before this
+        // read, and the caller's gating sequence keeps producers from rewriting the slot
+        // until the caller stores a sequence >= `sequence` after `f` returns. Concurrent
+        // readers only share `&T` (`T: Sync`).
+        #[allow(unsafe_code)]
+        slot.with(|ptr| unsafe { (*ptr).as_ref().map(f) })
+    }
+
+    /// A consumer finished everything up to its new sequence: wake producers waiting for
+    /// room and, in a pipeline, later stages waiting for it.
+    #[inline]
+    pub(super) fn consumer_progressed(&self) {
+        self.space.notify();
+        if self.pipelined.load(Ordering::Relaxed) {
+            self.data.notify();
+        }
+    }
+
+    /// Marks `lo..=hi` published.
+    #[inline]
+    pub(super) fn publish_range(&self, lo: i64, hi: i64) {
+        if self.multi {
+            for sequence in lo..=hi {
+                // Release: the slot write above happens before a consumer's Acquire of it.
+                self.available[(sequence & self.mask) as usize].store(sequence, Ordering::Release);
+            }
+        } else {
+            self.cursor.set(hi);
+        }
+        self.data.notify();
+    }
+
+    /// The highest sequence in `next..=claimed` such that all of `next..=it` are
+    /// published (`next - 1` when `next` itself is not).
+    #[inline]
+    pub(super) fn highest_published(&self, next: i64, claimed: i64) -> i64 {
+        if !self.multi {
+            return claimed;
+        }
+        let mut sequence = next;
+        while sequence <= claimed {
+            if self.available[(sequence & self.mask) as usize].load(Ordering::Acquire) != sequence {
+                return sequence - 1;
+            }
+            sequence += 1;
+        }
+        claimed
+    }
+}

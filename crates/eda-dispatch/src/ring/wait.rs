@@ -1,0 +1,140 @@
+//! Waiting for a sequence: wait strategies for consumer threads, and the [`Notifier`]
+//! that lets producers (and consumers, for space) wake only those actually waiting.
+
+use std::task::Waker;
+use std::time::Duration;
+
+use super::sync::{AtomicUsize, Condvar, Mutex, Ordering, fence, lock, spin_loop, yield_now};
+
+/// How a consumer thread waits for the next sequence.
+///
+/// With more threads than cores, busy-spinning collapses throughput (a spinning thread
+/// steals the core its producer needs), so the bus never spins: its consumers are async
+/// tasks woken through the [`Notifier`]. These strategies are for dedicated threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Spin on the CPU: lowest latency, one core per waiting thread.
+    BusySpin,
+    /// Spin briefly, then yield the thread to the scheduler.
+    #[default]
+    Yielding,
+    /// Park on a condition variable until a producer signals.
+    Blocking,
+}
+
+/// Spins before yielding in [`WaitStrategy::Yielding`] (none under loom, where every
+/// spin is a scheduling branch).
+const SPIN_TRIES: u32 = if cfg!(loom) { 0 } else { 100 };
+
+/// Wakes waiters of one condition ("data published" or "space freed").
+///
+/// The hot path of the signalling side is a fence and one load when nobody waits. A
+/// waiter announces itself (count + fence) *before* its final check of the condition,
+/// and the signaller makes its change visible (fence) *before* reading the count: by
+/// the two SeqCst fences, either the signaller sees the waiter or the waiter sees the
+/// change, so no wake-up is lost.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    cond: Condvar,
+    async_waiters: AtomicUsize,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Notifier {
+    /// Wakes every thread and task waiting on this notifier. Call after the change
+    /// (publish, or consumer progress) is stored.
+    #[inline]
+    pub fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            let _guard = lock(&self.lock);
+            self.cond.notify_all();
+        }
+        if self.async_waiters.load(Ordering::Relaxed) > 0 {
+            let wakers = {
+                let mut wakers = lock(&self.wakers);
+                self.async_waiters.store(0, Ordering::Relaxed);
+                std::mem::take(&mut *wakers)
+            };
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Blocks the thread until `ready()` holds (or `timeout` passes; `None` = forever).
+    pub fn wait_until(&self, mut ready: impl FnMut() -> bool, timeout: Option<Duration>) -> bool {
+        if ready() {
+            return true;
+        }
+        let mut guard = lock(&self.lock);
+        loop {
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if ready() {
+                self.sleepers.fetch_sub(1, Ordering::Relaxed);
+                return true;
+            }
+            guard = match timeout {
+                None => self.cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+                #[cfg(not(loom))]
+                Some(t) => {
+                    let (g, result) = self
+                        .cond
+                        .wait_timeout(guard, t)
+                        .unwrap_or_else(|p| p.into_inner());
+                    if result.timed_out() {
+                        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+                        return ready();
+                    }
+                    g
+                }
+                #[cfg(loom)]
+                Some(_) => self.cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            };
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Registers `waker` to be woken by the next [`notify`](Self::notify). Check the
+    /// condition again afterwards: a change made before registration wakes no one.
+    pub fn register(&self, waker: &Waker) {
+        {
+            let mut wakers = lock(&self.wakers);
+            if !wakers.iter().any(|w| w.will_wake(waker)) {
+                wakers.push(waker.clone());
+            }
+            self.async_waiters.fetch_add(1, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+    }
+}
+
+impl WaitStrategy {
+    /// Waits on a consumer thread until `ready()` holds.
+    pub fn wait_until(&self, notifier: &Notifier, mut ready: impl FnMut() -> bool) {
+        match self {
+            Self::BusySpin => {
+                while !ready() {
+                    spin_loop();
+                }
+            }
+            Self::Yielding => {
+                let mut tries = 0;
+                while !ready() {
+                    if tries < SPIN_TRIES {
+                        tries += 1;
+                        spin_loop();
+                    } else {
+                        yield_now();
+                    }
+                }
+            }
+            Self::Blocking => {
+                notifier.wait_until(ready, None);
+            }
+        }
+    }
+}
