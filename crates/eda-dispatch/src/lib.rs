@@ -20,6 +20,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod balancer;
 mod bus;
 mod cause;
 mod config;
@@ -33,6 +34,7 @@ mod runner;
 mod sink;
 mod stats;
 
+pub use balancer::Balancer;
 pub use bus::{Bus, BusBuilder, Subscription};
 pub use cause::current_cause;
 pub use config::{BusConfig, TopicConfig};

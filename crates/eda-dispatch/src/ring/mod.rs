@@ -13,7 +13,7 @@
 //! let (mut producer, ring) = ring::single_producer::<u64>(1024);
 //! let mut a = ring.consumer();
 //! let mut b = ring.consumer(); // multicast: both see every event
-//! producer.try_publish_batch(0..10u64).unwrap();
+//! producer.try_publish_batch((0..10u64).collect::<Vec<_>>()).unwrap();
 //! let mut sum = 0;
 //! a.try_read_batch(64, |_seq, v| sum += v);
 //! b.wait(WaitStrategy::Yielding).unwrap();
