@@ -163,8 +163,8 @@ impl<'de, E: Event> Deserialize<'de> for Envelope<E> {
 }
 
 /// Read access to any event, typed or type-erased: what middleware and dead-letter
-/// sinks see.
-pub trait EventInfo: Send + Sync + 'static {
+/// sinks see. `Arc<dyn EventInfo>` upcasts to `Arc<dyn Any + Send + Sync>` for downcasting.
+pub trait EventInfo: Any + Send + Sync + 'static {
     /// CloudEvents `id`.
     fn id(&self) -> EventId;
     /// CloudEvents `type`.

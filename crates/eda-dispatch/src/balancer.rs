@@ -55,10 +55,6 @@ impl BalancerState {
         }
     }
 
-    pub(crate) fn kind(&self) -> Balancer {
-        self.kind
-    }
-
     /// Forgets per-member state (membership changed).
     pub(crate) fn reset(&mut self) {
         self.current.clear();

@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
+use std::future::Future as _;
+
+use arc_swap::ArcSwap;
 use eda_core::{
-    CancellationToken, DeadLetterSink, Envelope, Event, EventId, Handler, Interceptor,
+    CancellationToken, DeadLetterSink, Envelope, Event, EventId, EventInfo, Handler, Interceptor,
     MemoryDeadLetters, Metadata, Middleware, PublishAttributes, RawEvent, SubscriptionInfo,
     SyncHandler, Timestamp, TraceParent, is_default_source,
 };
@@ -20,14 +22,15 @@ use crate::cause::CURRENT_EVENT;
 use crate::config::{BusConfig, TopicConfig};
 use crate::error::{PublishError, SubscribeError, SyncFailure};
 use crate::gate::Gate;
+use crate::group::{AnyGroup, Group};
 use crate::options::{DeliveryMode, RetryPolicy, SubscribeOptions};
 use crate::pattern::TypePattern;
-use crate::queue::Queue;
 use crate::runner::{Member, Settings};
 use crate::sink::{
-    Accepts, AsyncSink, Offer, OfferOutcome, PatternFilter, Sink, SyncMember, SyncSink, TypedFilter,
+    Accepts, Offer, OfferOutcome, PatternFilter, Sink, SyncMember, SyncSink, TypedFilter,
 };
 use crate::stats::{BusStats, Counters, ShutdownReport, bump};
+use crate::topic::{Backpressure, Published, Topic};
 
 /// The in-process event bus: a cheap `Clone` handle.
 ///
@@ -83,12 +86,16 @@ pub(crate) struct Inner {
 struct Routing {
     /// Looked up on every publish: foldhash, not SipHash (keys are our own type names).
     by_type: HashMap<Arc<str>, TypeRoute, foldhash::fast::RandomState>,
-    patterns: Vec<Arc<dyn Sink>>,
+    /// Whether pattern groups exist: then every published type needs a topic.
+    patterns: bool,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct TypeRoute {
+    /// Synchronous groups, run inline by `publish`.
     sinks: Vec<Arc<dyn Sink>>,
+    /// The topic whose ring the asynchronous groups read.
+    topic: Option<Arc<Topic>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -97,8 +104,23 @@ enum GroupKey {
     Pattern(String),
 }
 
+#[derive(Clone)]
+enum GroupKind {
+    Sync(Arc<dyn Sink>),
+    Async(Arc<dyn AnyGroup>),
+}
+
+impl GroupKind {
+    fn describe(&self) -> String {
+        match self {
+            Self::Sync(s) => s.describe(),
+            Self::Async(g) => g.describe(),
+        }
+    }
+}
+
 struct GroupEntry {
-    sink: Arc<dyn Sink>,
+    kind: GroupKind,
     any: Arc<dyn Any + Send + Sync>,
     members: usize,
 }
@@ -107,7 +129,12 @@ struct GroupEntry {
 struct Registry {
     groups: HashMap<(GroupKey, String), GroupEntry>,
     names: HashSet<String>,
+    /// Processor tasks of async groups.
     tasks: Vec<JoinHandle<()>>,
+    /// Topics by name.
+    topics: HashMap<Arc<str>, Arc<Topic>>,
+    /// Pattern groups: they read every topic.
+    pattern_groups: Vec<Arc<dyn AnyGroup>>,
 }
 
 /// Builds a [`Bus`]. Every setting has a default; see [`BusConfig`].
@@ -283,7 +310,8 @@ impl Bus {
             &mut envelope.metadata,
         );
         let envelope = Arc::new(envelope);
-        self.dispatch(&Offer::typed(&envelope)).await?;
+        self.dispatch(&Offer::typed(&envelope), envelope.clone())
+            .await?;
         Ok(envelope.id)
     }
 
@@ -320,7 +348,7 @@ impl Bus {
             &mut envelope.metadata,
         );
         let envelope = Arc::new(envelope);
-        self.try_dispatch(&Offer::typed(&envelope))?;
+        self.try_dispatch(&Offer::typed(&envelope), envelope.clone())?;
         Ok(envelope.id)
     }
 
@@ -338,7 +366,7 @@ impl Bus {
             &mut raw.metadata,
         );
         let raw = Arc::new(raw);
-        self.dispatch(&Offer::raw(&raw)).await?;
+        self.dispatch(&Offer::raw(&raw), raw.clone()).await?;
         Ok(raw.id)
     }
 
@@ -377,68 +405,99 @@ impl Bus {
         }
     }
 
-    /// Offers the event to every sink without waiting. Returns where to resume if a
-    /// queue was full.
-    fn offer_all(
-        &self,
-        offer: &Offer<'_>,
-        failures: &mut Vec<SyncFailure>,
-    ) -> Option<(Arc<Routing>, usize)> {
+    /// Runs the synchronous groups and returns the topic for the asynchronous ones.
+    fn run_sync(&self, offer: &Offer<'_>, failures: &mut Vec<SyncFailure>) -> Option<Arc<Topic>> {
         let routing = self.inner.routing.load();
-        let mut full_at = None;
-        for (i, sink) in sinks_of(&routing, offer.event_type).enumerate() {
-            match sink.try_offer(offer) {
-                OfferOutcome::Full => {
-                    full_at = Some(i);
-                    break;
+        match routing.by_type.get(offer.event_type) {
+            Some(route) => {
+                for sink in &route.sinks {
+                    if let OfferOutcome::SyncFailed(failure) = sink.try_offer(offer) {
+                        failures.push(failure);
+                    }
                 }
-                OfferOutcome::SyncFailed(failure) => failures.push(failure),
-                OfferOutcome::Accepted | OfferOutcome::NotForMe | OfferOutcome::Closed => {}
+                route.topic.clone()
             }
+            // First event of a type while pattern groups exist: they need its topic.
+            None if routing.patterns => {
+                drop(routing);
+                let mut registry = lock(&self.inner.registry);
+                Some(self.ensure_topic(&mut registry, offer.event_type))
+            }
+            None => None,
         }
-        full_at.map(|i| (Guard::into_inner(routing), i))
     }
 
-    async fn dispatch(&self, offer: &Offer<'_>) -> Result<(), PublishError> {
-        let mut failures = Vec::new();
-        if let Some((routing, start)) = self.offer_all(offer, &mut failures) {
-            let wait = self.dispatch_timeout(offer.event_type);
-            let deadline = Instant::now() + wait;
-            for (i, sink) in sinks_of(&routing, offer.event_type).enumerate().skip(start) {
-                let mut outcome = if i == start {
-                    OfferOutcome::Full
-                } else {
-                    sink.try_offer(offer)
-                };
-                if matches!(outcome, OfferOutcome::Full) {
-                    outcome = sink.offer_until(offer, deadline).await;
-                }
-                match outcome {
-                    OfferOutcome::Full => {
-                        return Err(PublishError::Timeout {
-                            event_id: offer.info.id(),
-                            subscription: sink.group().to_owned(),
-                            waited: wait,
-                        });
-                    }
-                    OfferOutcome::SyncFailed(failure) => failures.push(failure),
-                    OfferOutcome::Accepted | OfferOutcome::NotForMe | OfferOutcome::Closed => {}
+    /// Appends the event to the topic's ring. `wait`: how long to wait for room.
+    async fn append(
+        &self,
+        topic: &Topic,
+        event: Arc<dyn EventInfo>,
+        wait: bool,
+    ) -> Result<(), PublishError> {
+        if !topic.has_consumers() {
+            return Ok(());
+        }
+        let event_id = event.id();
+        let mut slot = Published::new(event);
+        let mut deadline = None;
+        loop {
+            match topic.producer.try_publish(slot) {
+                Ok(_) => return Ok(()),
+                Err(back) => slot = back,
+            }
+            if topic.ring.is_closed() {
+                return Err(PublishError::ShutDown { event_id });
+            }
+            let (group, policy) = topic
+                .slowest_group()
+                .unwrap_or_else(|| (Arc::from("?"), Backpressure::Block));
+            if !wait || policy == Backpressure::Fail {
+                return Err(PublishError::Full {
+                    event_id,
+                    subscription: group.to_string(),
+                });
+            }
+            let until = *deadline.get_or_insert_with(|| Instant::now() + topic.dispatch_timeout);
+            match tokio::time::timeout_at(until, topic.producer.room()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => return Err(PublishError::ShutDown { event_id }),
+                Err(_) => {
+                    return Err(PublishError::Timeout {
+                        event_id,
+                        subscription: group.to_string(),
+                        waited: topic.dispatch_timeout,
+                    });
                 }
             }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        offer: &Offer<'_>,
+        event: Arc<dyn EventInfo>,
+    ) -> Result<(), PublishError> {
+        let mut failures = Vec::new();
+        if let Some(topic) = self.run_sync(offer, &mut failures) {
+            self.append(&topic, event, true).await?;
         }
         self.finish(offer, failures)
     }
 
-    fn try_dispatch(&self, offer: &Offer<'_>) -> Result<(), PublishError> {
+    fn try_dispatch(
+        &self,
+        offer: &Offer<'_>,
+        event: Arc<dyn EventInfo>,
+    ) -> Result<(), PublishError> {
         let mut failures = Vec::new();
-        if let Some((routing, start)) = self.offer_all(offer, &mut failures) {
-            let sink = sinks_of(&routing, offer.event_type)
-                .nth(start)
-                .expect("index found by offer_all");
-            return Err(PublishError::Full {
-                event_id: offer.info.id(),
-                subscription: sink.group().to_owned(),
-            });
+        if let Some(topic) = self.run_sync(offer, &mut failures) {
+            // Never waits (wait = false), so the future completes on its first poll.
+            let append = std::pin::pin!(self.append(&topic, event, false));
+            let waker = futures_util::task::noop_waker_ref();
+            match append.poll(&mut std::task::Context::from_waker(waker)) {
+                std::task::Poll::Ready(result) => result?,
+                std::task::Poll::Pending => unreachable!("append without waiting never pends"),
+            }
         }
         self.finish(offer, failures)
     }
@@ -456,13 +515,43 @@ impl Bus {
         }
     }
 
-    fn dispatch_timeout(&self, event_type: &str) -> Duration {
+    /// The topic of `event_type`, created (with the pattern groups attached) if needed.
+    fn ensure_topic(&self, registry: &mut Registry, event_type: &str) -> Arc<Topic> {
         let config = &self.inner.config;
-        config
-            .topics
-            .get(config.topic_of(event_type))
-            .and_then(|t| t.dispatch_timeout)
-            .unwrap_or(config.dispatch_timeout)
+        let name: Arc<str> = Arc::from(config.topic_of(event_type));
+        let topic = match registry.topics.get(&name) {
+            Some(topic) => topic.clone(),
+            None => {
+                let tc = config.topic_config(&name);
+                let topic = Topic::new(
+                    tc.capacity.unwrap_or(config.queue_capacity),
+                    tc.dispatch_timeout.unwrap_or(config.dispatch_timeout),
+                );
+                registry.topics.insert(name, topic.clone());
+                if let Ok(runtime) = self.runtime() {
+                    for group in registry.pattern_groups.clone() {
+                        registry.tasks.push(group.attach(&topic, &runtime));
+                    }
+                }
+                topic
+            }
+        };
+        let needs_route = self
+            .inner
+            .routing
+            .load()
+            .by_type
+            .get(event_type)
+            .is_none_or(|r| r.topic.is_none());
+        if needs_route {
+            let event_type: Arc<str> = Arc::from(event_type);
+            self.inner.routing.rcu(|routing| {
+                let mut routing = Routing::clone(routing);
+                routing.by_type.entry(event_type.clone()).or_default().topic = Some(topic.clone());
+                routing
+            });
+        }
+        topic
     }
 
     // ----- subscribing ------------------------------------------------------------------
@@ -620,58 +709,32 @@ impl Bus {
         Ok((name, group))
     }
 
-    /// The group's sink: the existing one (checked to take the same events the same
-    /// way), or a new one made by `create` and added to the routing table.
-    fn join_group<S: Sink>(
-        &self,
+    /// The existing group `(key, group)` if it takes the same events the same way
+    /// (`describe`), downcast to `G`; `Ok(None)` when there is none.
+    fn existing_group<G: Send + Sync + 'static>(
         registry: &mut Registry,
         key: &GroupKey,
         group: &str,
         name: &str,
-        describe: String,
-        create: impl FnOnce() -> Arc<S>,
-    ) -> Result<Arc<S>, SubscribeError> {
-        let map_key = (key.clone(), group.to_owned());
-        if let Some(entry) = registry.groups.get_mut(&map_key) {
-            let existing = entry.sink.describe();
-            return match entry.any.clone().downcast::<S>() {
-                Ok(sink) if existing == describe => {
-                    entry.members += 1;
-                    Ok(sink)
-                }
-                _ => {
-                    registry.names.remove(name);
-                    Err(SubscribeError::GroupMismatch {
-                        group: group.to_owned(),
-                        existing,
-                    })
-                }
-            };
-        }
-        let sink = create();
-        let dyn_sink: Arc<dyn Sink> = sink.clone();
-        registry.groups.insert(
-            map_key,
-            GroupEntry {
-                sink: dyn_sink.clone(),
-                any: sink.clone(),
-                members: 1,
-            },
-        );
-        self.inner.routing.rcu(|routing| {
-            let mut routing = Routing::clone(routing);
-            match key {
-                GroupKey::Type(t) => routing
-                    .by_type
-                    .entry(t.clone())
-                    .or_insert_with(|| TypeRoute { sinks: Vec::new() })
-                    .sinks
-                    .push(dyn_sink.clone()),
-                GroupKey::Pattern(_) => routing.patterns.push(dyn_sink.clone()),
+        describe: &str,
+    ) -> Result<Option<Arc<G>>, SubscribeError> {
+        let Some(entry) = registry.groups.get_mut(&(key.clone(), group.to_owned())) else {
+            return Ok(None);
+        };
+        let existing = entry.kind.describe();
+        match entry.any.clone().downcast::<G>() {
+            Ok(g) if existing == describe => {
+                entry.members += 1;
+                Ok(Some(g))
             }
-            routing
-        });
-        Ok(sink)
+            _ => {
+                registry.names.remove(name);
+                Err(SubscribeError::GroupMismatch {
+                    group: group.to_owned(),
+                    existing,
+                })
+            }
+        }
     }
 
     fn subscribe_async<M, H, A>(
@@ -683,43 +746,80 @@ impl Bus {
         handler: H,
     ) -> Result<Subscription, SubscribeError>
     where
-        M: eda_core::EventInfo,
+        M: EventInfo,
         H: Handler<M>,
         A: Accepts<M>,
     {
         let runtime = self.runtime()?;
         let config = &self.inner.config;
-        let capacity = options.queue_capacity.unwrap_or(config.queue_capacity);
-        if capacity == 0 || options.concurrency == Some(0) {
+        if options.queue_capacity == Some(0) || options.concurrency == Some(0) {
             return Err(SubscribeError::InvalidOption(
                 "queue capacity and concurrency must be at least 1".into(),
             ));
         }
         let mut registry = lock(&self.inner.registry);
-        let (name, group) = self.claim_name(&mut registry, &key, &options)?;
+        let (name, group_name) = self.claim_name(&mut registry, &key, &options)?;
         let describe = format!("async {}", accepts.describe());
-        let counters = self.inner.counters.clone();
-        let sink = self.join_group(&mut registry, &key, &group, &name, describe, || {
-            Arc::new(AsyncSink {
-                group: Arc::from(group.as_str()),
-                queue: Queue::bounded(capacity),
-                accepts,
-                counters,
-                live_members: AtomicUsize::new(0),
-            })
-        })?;
-        sink.live_members.fetch_add(1, Ordering::AcqRel);
+        let group = match Self::existing_group::<Group<M, A>>(
+            &mut registry,
+            &key,
+            &group_name,
+            &name,
+            &describe,
+        )? {
+            Some(group) => group,
+            None => {
+                let group = Arc::new(Group::new(
+                    Arc::from(group_name.as_str()),
+                    options.balancer.unwrap_or_default(),
+                    options.backpressure.unwrap_or_default(),
+                    accepts,
+                    self.inner.counters.clone(),
+                    self.inner.shutdown.clone(),
+                ));
+                registry.groups.insert(
+                    (key.clone(), group_name.clone()),
+                    GroupEntry {
+                        kind: GroupKind::Async(group.clone()),
+                        any: group.clone(),
+                        members: 1,
+                    },
+                );
+                match &key {
+                    GroupKey::Type(event_type) => {
+                        if options.queue_capacity.is_some() {
+                            self.ensure_capacity(&mut registry, event_type, options.queue_capacity);
+                        }
+                        let topic = self.ensure_topic(&mut registry, event_type);
+                        registry.tasks.push(group.clone().attach(&topic, &runtime));
+                    }
+                    GroupKey::Pattern(_) => {
+                        registry.pattern_groups.push(group.clone());
+                        let topics: Vec<Arc<Topic>> = registry.topics.values().cloned().collect();
+                        for topic in &topics {
+                            registry.tasks.push(group.clone().attach(topic, &runtime));
+                        }
+                        self.inner.routing.rcu(|routing| {
+                            let mut routing = Routing::clone(routing);
+                            routing.patterns = true;
+                            routing
+                        });
+                    }
+                }
+                group
+            }
+        };
         let token = self.inner.shutdown.child_token();
         let info = Arc::new(SubscriptionInfo::new(
             name.as_str(),
-            group.as_str(),
+            group_name.as_str(),
             topic.as_str(),
             token.clone(),
         ));
         let gate = Arc::new(Gate::new());
         let mut middleware = self.inner.middleware.clone();
         middleware.extend(options.middleware.iter().cloned());
-        let member = Arc::new(Member {
+        group.add_member(Arc::new(Member {
             handler: Arc::new(handler),
             info,
             settings: Settings {
@@ -735,20 +835,35 @@ impl Bus {
                 middleware,
             },
             gate: gate.clone(),
-            sink: sink.clone(),
             counters: self.inner.counters.clone(),
             dead_letters: self.inner.dead_letters.clone(),
-        });
+            weight: options.weight.unwrap_or(1),
+            _event: std::marker::PhantomData,
+        }));
         registry.tasks.retain(|t| !t.is_finished());
-        registry.tasks.push(runtime.spawn(member.run()));
         Ok(Subscription::new(
             &self.inner,
             name,
-            group,
+            group_name,
             key,
             gate,
             token,
         ))
+    }
+
+    /// A subscription's `queue_capacity` sizes its topic's ring when it creates it.
+    fn ensure_capacity(&self, registry: &mut Registry, event_type: &str, capacity: Option<usize>) {
+        let config = &self.inner.config;
+        let name: Arc<str> = Arc::from(config.topic_of(event_type));
+        if registry.topics.contains_key(&name) {
+            return;
+        }
+        let tc = config.topic_config(&name);
+        let topic = Topic::new(
+            capacity.or(tc.capacity).unwrap_or(config.queue_capacity),
+            tc.dispatch_timeout.unwrap_or(config.dispatch_timeout),
+        );
+        registry.topics.insert(name, topic);
     }
 
     fn subscribe_sync_inner<M, A>(
@@ -760,29 +875,58 @@ impl Bus {
         handler: Box<dyn SyncHandler<M>>,
     ) -> Result<Subscription, SubscribeError>
     where
-        M: eda_core::EventInfo,
+        M: EventInfo,
         A: Accepts<M>,
     {
         let mut registry = lock(&self.inner.registry);
-        let (name, group) = self.claim_name(&mut registry, &key, &options)?;
+        let (name, group_name) = self.claim_name(&mut registry, &key, &options)?;
         let describe = format!("sync {}", accepts.describe());
-        let counters = self.inner.counters.clone();
-        let sink = self.join_group(&mut registry, &key, &group, &name, describe, || {
-            Arc::new(SyncSink {
-                group: Arc::from(group.as_str()),
-                members: ArcSwap::from_pointee(Vec::new()),
-                next: AtomicUsize::new(0),
-                accepts,
-                counters,
-            })
-        })?;
+        let sink = match Self::existing_group::<SyncSink<M, A>>(
+            &mut registry,
+            &key,
+            &group_name,
+            &name,
+            &describe,
+        )? {
+            Some(sink) => sink,
+            None => {
+                let sink = Arc::new(SyncSink {
+                    members: ArcSwap::from_pointee(Vec::new()),
+                    next: AtomicUsize::new(0),
+                    accepts,
+                    counters: self.inner.counters.clone(),
+                });
+                let dyn_sink: Arc<dyn Sink> = sink.clone();
+                registry.groups.insert(
+                    (key.clone(), group_name.clone()),
+                    GroupEntry {
+                        kind: GroupKind::Sync(dyn_sink.clone()),
+                        any: sink.clone(),
+                        members: 1,
+                    },
+                );
+                if let GroupKey::Type(event_type) = &key {
+                    self.inner.routing.rcu(|routing| {
+                        let mut routing = Routing::clone(routing);
+                        routing
+                            .by_type
+                            .entry(event_type.clone())
+                            .or_default()
+                            .sinks
+                            .push(dyn_sink.clone());
+                        routing
+                    });
+                }
+                sink
+            }
+        };
         let token = self.inner.shutdown.child_token();
         let gate = Arc::new(Gate::new());
         let member = Arc::new(SyncMember {
             handler,
             info: Arc::new(SubscriptionInfo::new(
                 name.as_str(),
-                group.as_str(),
+                group_name.as_str(),
                 topic.as_str(),
                 token.clone(),
             )),
@@ -796,7 +940,7 @@ impl Bus {
         Ok(Subscription::new(
             &self.inner,
             name,
-            group,
+            group_name,
             key,
             gate,
             token,
@@ -807,48 +951,38 @@ impl Bus {
 
     /// Stops intake (publish and subscribe fail with `ShutDown`), lets every queued and
     /// running delivery finish until `deadline`, then cancels (handlers see
-    /// [`Context::cancelled`](eda_core::Context::cancelled)) and aborts what is left.
+    /// [`Context::cancelled`](eda_core::Context::cancelled)) and stops what is left.
     /// Returns the final counters.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let until = Instant::now() + deadline;
         self.inner.closed.store(true, Ordering::Release);
-        let (sinks, tasks) = {
+        let (topics, tasks) = {
             let mut registry = lock(&self.inner.registry);
-            let sinks: Vec<Arc<dyn Sink>> =
-                registry.groups.values().map(|g| g.sink.clone()).collect();
-            (sinks, std::mem::take(&mut registry.tasks))
+            let topics: Vec<Arc<Topic>> = registry.topics.values().cloned().collect();
+            (topics, std::mem::take(&mut registry.tasks))
         };
-        for sink in &sinks {
-            sink.close();
+        // Closed rings refuse new events; processors drain what was published, then stop.
+        for topic in &topics {
+            topic.ring.close();
         }
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
-        let joined = tokio::time::timeout_at(until, futures_util::future::join_all(tasks)).await;
-        let drained = joined.is_ok();
-        if !drained {
-            self.inner.shutdown.cancel();
-            for abort in &aborts {
-                abort.abort();
-            }
-        }
+        let mut joined = futures_util::future::join_all(tasks);
+        let drained = tokio::time::timeout_at(until, &mut joined).await.is_ok();
+        // Cancel contexts; processors still running stop at once and count what is left.
         self.inner.shutdown.cancel();
-        for sink in &sinks {
-            sink.discard_queued();
+        if !drained {
+            let grace = Instant::now() + Duration::from_secs(1);
+            if tokio::time::timeout_at(grace, &mut joined).await.is_err() {
+                for abort in &aborts {
+                    abort.abort();
+                }
+            }
         }
         let mut stats = self.stats();
         stats.not_delivered += stats.in_flight;
         stats.in_flight = 0;
         ShutdownReport { stats, drained }
     }
-}
-
-fn sinks_of<'a>(routing: &'a Routing, event_type: &str) -> impl Iterator<Item = &'a Arc<dyn Sink>> {
-    routing
-        .by_type
-        .get(event_type)
-        .map(|r| r.sinks.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .chain(routing.patterns.iter())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -907,16 +1041,20 @@ impl Subscription {
         &self.group
     }
 
-    /// Events waiting in its group's queue (0 for synchronous subscriptions).
+    /// Events published but not yet taken by its group (0 for synchronous subscriptions):
+    /// the group's lag behind its topic's ring.
     pub fn queue_len(&self) -> usize {
         let Some(bus) = self.bus.upgrade() else {
             return 0;
         };
         let registry = lock(&bus.registry);
-        registry
-            .groups
-            .get(&(self.key.clone(), self.group.clone()))
-            .map_or(0, |g| g.sink.queue_len())
+        match registry.groups.get(&(self.key.clone(), self.group.clone())) {
+            Some(GroupEntry {
+                kind: GroupKind::Async(group),
+                ..
+            }) => group.lag(),
+            _ => 0,
+        }
     }
 
     /// Detaches the handler (same as dropping the guard).
@@ -937,32 +1075,44 @@ impl Drop for Subscription {
             return;
         };
         entry.members -= 1;
-        entry.sink.leave(&self.gate);
+        match &entry.kind {
+            GroupKind::Sync(sink) => sink.leave(&self.gate),
+            GroupKind::Async(group) => {
+                group.remove_member(&self.gate);
+            }
+        }
         if entry.members > 0 {
             return;
         }
         let Some(entry) = registry.groups.remove(&map_key) else {
             return;
         };
-        drop(registry);
-        let gone = entry.sink.clone();
-        bus.routing.rcu(|routing| {
-            let mut routing = Routing::clone(routing);
-            let keep = |s: &Arc<dyn Sink>| !Arc::ptr_eq(s, &gone);
-            match &self.key {
-                GroupKey::Type(t) => {
-                    if let Some(route) = routing.by_type.get_mut(t) {
-                        route.sinks.retain(keep);
-                        if route.sinks.is_empty() {
-                            routing.by_type.remove(t);
-                        }
-                    }
+        match entry.kind {
+            GroupKind::Async(group) => {
+                // Its processors finish what is in flight, count what is left, and stop.
+                group.remove();
+                if matches!(self.key, GroupKey::Pattern(_)) {
+                    registry.pattern_groups.retain(|g| !Arc::ptr_eq(g, &group));
+                    let any_left = !registry.pattern_groups.is_empty();
+                    bus.routing.rcu(|routing| {
+                        let mut routing = Routing::clone(routing);
+                        routing.patterns = any_left;
+                        routing
+                    });
                 }
-                GroupKey::Pattern(_) => routing.patterns.retain(keep),
             }
-            routing
-        });
-        entry.sink.close();
-        entry.sink.discard_queued();
+            GroupKind::Sync(gone) => {
+                drop(registry);
+                bus.routing.rcu(|routing| {
+                    let mut routing = Routing::clone(routing);
+                    if let GroupKey::Type(t) = &self.key
+                        && let Some(route) = routing.by_type.get_mut(t)
+                    {
+                        route.sinks.retain(|s| !Arc::ptr_eq(s, &gone));
+                    }
+                    routing
+                });
+            }
+        }
     }
 }

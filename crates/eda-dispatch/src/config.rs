@@ -18,6 +18,9 @@ pub struct TopicConfig {
     /// How long `publish` waits for room in a full subscription queue (default: the bus's).
     #[serde(rename = "dispatch_timeout_ms", with = "opt_millis")]
     pub dispatch_timeout: Option<Duration>,
+    /// Slots of the topic's ring buffer (rounded up to a power of two; default: the
+    /// bus's `queue_capacity`). Bounds how far any group may lag behind publishers.
+    pub capacity: Option<usize>,
 }
 
 /// Everything a [`Bus`](crate::Bus) can be configured with. Deserializable, e.g. from TOML:
@@ -46,7 +49,7 @@ pub struct BusConfig {
     /// Default wait of `publish` for room in a full queue (5 s, the seed's `dispatch_timeout`).
     #[serde(rename = "dispatch_timeout_ms", with = "millis")]
     pub dispatch_timeout: Duration,
-    /// Default bound of each subscription group's queue (1024).
+    /// Default slots of each topic's ring buffer (1024): how far a group may lag behind.
     pub queue_capacity: usize,
     /// Default retry policy.
     pub retry: RetryPolicy,

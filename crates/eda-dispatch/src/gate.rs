@@ -47,6 +47,7 @@ impl Gate {
         Some(GateGuard { gate: self })
     }
 
+    #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

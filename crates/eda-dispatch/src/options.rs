@@ -138,6 +138,9 @@ pub struct SubscribeOptions {
     pub(crate) queue_capacity: Option<usize>,
     pub(crate) executor: Executor,
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) weight: Option<u32>,
+    pub(crate) balancer: Option<crate::Balancer>,
+    pub(crate) backpressure: Option<crate::Backpressure>,
 }
 
 impl fmt::Debug for SubscribeOptions {
@@ -152,6 +155,9 @@ impl fmt::Debug for SubscribeOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("executor", &self.executor)
             .field("middleware", &self.middleware.len())
+            .field("weight", &self.weight)
+            .field("balancer", &self.balancer)
+            .field("backpressure", &self.backpressure)
             .finish()
     }
 }
@@ -197,8 +203,9 @@ impl SubscribeOptions {
         self.concurrency = Some(limit);
         self
     }
-    /// Bound of the group's queue (default from the bus, 1024). Set by the group's
-    /// first member.
+    /// Slots of the topic's ring buffer, used when this subscription creates the topic
+    /// (default: the bus's `queue_capacity`, 1024). The ring is shared by every group of
+    /// the topic, so it bounds how far any of them may lag behind publishers.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = Some(capacity);
         self
@@ -206,6 +213,23 @@ impl SubscribeOptions {
     /// Where the handler runs (default: in the subscription's task).
     pub fn executor(mut self, executor: Executor) -> Self {
         self.executor = executor;
+        self
+    }
+    /// This member's weight in a [`Weighted`](crate::Balancer::Weighted) group (default 1).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = Some(weight);
+        self
+    }
+    /// How the group's members share events (default round-robin). Set by the group's
+    /// first member.
+    pub fn balancer(mut self, balancer: crate::Balancer) -> Self {
+        self.balancer = Some(balancer);
+        self
+    }
+    /// What publishers do when this group is a whole ring behind (default: wait up to the
+    /// dispatch timeout). Set by the group's first member.
+    pub fn backpressure(mut self, policy: crate::Backpressure) -> Self {
+        self.backpressure = Some(policy);
         self
     }
     /// Adds middleware around this subscription's deliveries, after the bus's own

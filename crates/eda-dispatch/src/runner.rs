@@ -1,12 +1,12 @@
-//! The task of one async subscription: pops its group's queue and runs each event
-//! through the lifecycle: TTL → middleware → retry → timeout → panic catch → handler,
-//! then the dead-letter sink after the last failed attempt.
+//! One member of an async group: runs each event it is given through the lifecycle:
+//! TTL → middleware → retry → timeout → panic catch → handler, then the dead-letter
+//! sink after the last failed attempt. The group's processor (group.rs) decides which
+//! member gets which event.
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -16,15 +16,12 @@ use eda_core::{
     HandlerResult, Middleware, Next, RawEvent, SubscriptionInfo, Timestamp,
 };
 use futures_util::FutureExt as _;
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use crate::cause::CURRENT_EVENT;
 use crate::gate::Gate;
+use crate::item::Item;
 use crate::options::{DeliveryMode, Executor, RetryPolicy};
-use crate::queue::Item;
-use crate::sink::{Accepts, AsyncSink};
 use crate::stats::{Counters, bump};
 
 /// The resolved lifecycle settings of one subscription.
@@ -38,14 +35,40 @@ pub(crate) struct Settings {
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
 }
 
-pub(crate) struct Member<M, H, A> {
+pub(crate) struct Member<M, H> {
     pub(crate) handler: Arc<H>,
     pub(crate) info: Arc<SubscriptionInfo>,
     pub(crate) settings: Settings,
     pub(crate) gate: Arc<Gate>,
-    pub(crate) sink: Arc<AsyncSink<M, A>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
+    pub(crate) weight: u32,
+    pub(crate) _event: std::marker::PhantomData<fn() -> M>,
+}
+
+/// A member as its group sees it, whatever its handler type.
+pub(crate) trait GroupMember<M>: Send + Sync + 'static {
+    /// Runs one event's lifecycle. Gives the event back when the member left before an
+    /// attempt could start, so that the group hands it to another member.
+    fn process(self: Arc<Self>, item: Item<M>) -> BoxFuture<'static, Option<Item<M>>>;
+    fn weight(&self) -> u32;
+    fn concurrency(&self) -> usize;
+    fn gate(&self) -> &Arc<Gate>;
+}
+
+impl<M: EventInfo, H: Handler<M>> GroupMember<M> for Member<M, H> {
+    fn process(self: Arc<Self>, item: Item<M>) -> BoxFuture<'static, Option<Item<M>>> {
+        Box::pin(async move { self.process_item(item).await })
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn concurrency(&self) -> usize {
+        self.settings.concurrency.max(1)
+    }
+    fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
 }
 
 /// Why one attempt failed.
@@ -78,80 +101,18 @@ async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
 }
 
-impl<M, H, A> Member<M, H, A>
+impl<M, H> Member<M, H>
 where
     M: EventInfo,
     H: Handler<M>,
-    A: Accepts<M>,
 {
-    pub(crate) async fn run(self: Arc<Self>) {
-        let limit = self.settings.concurrency.max(1);
-        let mut inflight = FuturesUnordered::new();
-        let token = self.info.shutdown_token().clone();
-        loop {
-            if inflight.len() >= limit {
-                inflight.next().await;
-                continue;
-            }
-            let item = match self.sink.queue.try_pop() {
-                Some(item) => item,
-                None if inflight.is_empty() => tokio::select! {
-                    biased;
-                    _ = token.cancelled() => break,
-                    item = self.sink.queue.pop() => match item {
-                        Some(item) => item,
-                        None => break,
-                    },
-                },
-                None => tokio::select! {
-                    biased;
-                    _ = inflight.next() => continue,
-                    _ = token.cancelled() => break,
-                    item = self.sink.queue.pop() => match item {
-                        Some(item) => item,
-                        None => break,
-                    },
-                },
-            };
-            if self.gate.is_closed() {
-                self.give_back(item).await;
-                break;
-            }
-            if limit == 1 {
-                self.process(item).await;
-            } else {
-                let mut fut = Box::pin(self.process(item));
-                if poll_once(&mut fut).await.is_pending() {
-                    inflight.push(fut);
-                }
-            }
-        }
-        while inflight.next().await.is_some() {}
-    }
-
-    /// An item popped after this member left: another member of the group takes it,
-    /// or it is not delivered.
-    async fn give_back(&self, item: Item<M>) {
-        if self.sink.live_members.load(Ordering::Acquire) > 0
-            && self
-                .sink
-                .queue
-                .push_until(item, Instant::now() + Duration::from_secs(1))
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        bump(&self.counters.dropped);
-    }
-
-    async fn process(&self, item: Item<M>) {
+    async fn process_item(&self, item: Item<M>) -> Option<Item<M>> {
         let event = match item {
             Item::Event(event) => event,
             Item::Undecodable { raw, reason } => {
                 let reason = format!("undecodable event: {reason}");
                 self.dead_letter((*raw).clone(), 0, reason).await;
-                return;
+                return None;
             }
         };
         if let Some(ttl) = self.settings.ttl {
@@ -160,7 +121,7 @@ where
                 bump(&self.counters.expired);
                 let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
                 self.send_dead_letter(&*event, 0, reason).await;
-                return;
+                return None;
             }
         }
         let outcome = if self.settings.middleware.is_empty() {
@@ -170,7 +131,7 @@ where
         };
         match outcome {
             Outcome::Delivered => bump(&self.counters.delivered),
-            Outcome::Unsubscribed => bump(&self.counters.dropped),
+            Outcome::Unsubscribed => return Some(Item::Event(event)),
             Outcome::Failed { attempts, reason } => match self.settings.mode {
                 DeliveryMode::AtMostOnce => {
                     bump(&self.counters.failed);
@@ -194,15 +155,16 @@ where
                 }
             },
         }
+        None
     }
 
     async fn through_middleware(&self, event: &Arc<M>) -> Outcome {
-        struct Attempts<'a, M, H, A> {
-            member: &'a Member<M, H, A>,
+        struct Attempts<'a, M, H> {
+            member: &'a Member<M, H>,
             event: &'a Arc<M>,
             outcome: Mutex<Option<Outcome>>,
         }
-        impl<M: EventInfo, H: Handler<M>, A: Accepts<M>> Endpoint for Attempts<'_, M, H, A> {
+        impl<M: EventInfo, H: Handler<M>> Endpoint for Attempts<'_, M, H> {
             fn call<'b>(&'b self, _ctx: &'b Context) -> BoxFuture<'b, HandlerResult> {
                 Box::pin(async move {
                     let outcome = self.member.attempts(self.event).await;

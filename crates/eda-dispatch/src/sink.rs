@@ -8,18 +8,17 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use eda_core::{
-    BoxFuture, Context, Envelope, Event, EventInfo, HandlerError, RawEvent, SubscriptionInfo,
-    SyncHandler,
+    Context, Envelope, Event, EventInfo, HandlerError, RawEvent, SubscriptionInfo, SyncHandler,
 };
-use tokio::time::Instant;
 
 use crate::cause::CURRENT_EVENT;
 use crate::error::SyncFailure;
 use crate::gate::Gate;
+use crate::item::Item;
 use crate::pattern::TypePattern;
-use crate::queue::{Item, PushError, Queue};
 use crate::runner::panic_message;
 use crate::stats::{Counters, bump};
+use crate::topic::Published;
 
 /// One event being published, as every sink sees it.
 pub(crate) struct Offer<'a> {
@@ -85,8 +84,21 @@ impl<'a> Offer<'a> {
 
 /// Which events a group takes, and in what form.
 pub(crate) trait Accepts<M>: Send + Sync + 'static {
+    /// From a publish in progress (synchronous groups).
     fn item(&self, offer: &Offer<'_>) -> Option<Item<M>>;
+    /// From a topic's ring (asynchronous groups).
+    fn take(&self, published: &Published) -> Option<Item<M>>;
     fn describe(&self) -> String;
+}
+
+fn decode_raw<E: Event>(raw: Arc<RawEvent>) -> Item<Envelope<E>> {
+    match raw.decode::<E>() {
+        Ok(env) => Item::Event(Arc::new(env)),
+        Err(e) => Item::Undecodable {
+            raw,
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Events of one Rust type, decoded from records when published raw.
@@ -109,13 +121,17 @@ impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
         if &*raw.event_type != E::TYPE {
             return None;
         }
-        Some(match raw.decode::<E>() {
-            Ok(env) => Item::Event(Arc::new(env)),
-            Err(e) => Item::Undecodable {
-                raw: raw.clone(),
-                reason: e.to_string(),
-            },
-        })
+        Some(decode_raw(raw.clone()))
+    }
+    fn take(&self, published: &Published) -> Option<Item<Envelope<E>>> {
+        if published.event.event_type() != E::TYPE {
+            return None;
+        }
+        let any: Arc<dyn Any + Send + Sync> = published.event.clone();
+        match any.downcast::<Envelope<E>>() {
+            Ok(env) => Some(Item::Event(env)),
+            Err(any) => any.downcast::<RawEvent>().ok().map(decode_raw),
+        }
     }
     fn describe(&self) -> String {
         format!("events of type `{}`", E::TYPE)
@@ -138,6 +154,18 @@ impl Accepts<RawEvent> for PatternFilter {
             },
         })
     }
+    fn take(&self, published: &Published) -> Option<Item<RawEvent>> {
+        if !self.0.matches(published.event.event_type()) {
+            return None;
+        }
+        Some(match published.as_raw() {
+            Ok(raw) => Item::Event(raw),
+            Err(reason) => Item::Undecodable {
+                raw: published.attributes_only(),
+                reason,
+            },
+        })
+    }
     fn describe(&self) -> String {
         format!("pattern `{}`", self.0.as_str())
     }
@@ -146,96 +174,17 @@ impl Accepts<RawEvent> for PatternFilter {
 pub(crate) enum OfferOutcome {
     Accepted,
     NotForMe,
-    Full,
     Closed,
     SyncFailed(SyncFailure),
 }
 
-/// A subscription group as `publish` sees it.
+/// A synchronous group, as `publish` sees it (async groups read topic rings).
 pub(crate) trait Sink: Send + Sync + 'static {
-    fn group(&self) -> &str;
     /// "async events of type `x`" — groups only take members of the same description.
     fn describe(&self) -> String;
     fn try_offer(&self, offer: &Offer<'_>) -> OfferOutcome;
-    fn offer_until<'a>(
-        &'a self,
-        offer: &'a Offer<'a>,
-        deadline: Instant,
-    ) -> BoxFuture<'a, OfferOutcome>;
     /// A member (identified by its gate) left the group.
     fn leave(&self, gate: &Arc<Gate>);
-    /// Stops intake; what is queued is still handled (shutdown) or dropped (last member left).
-    fn close(&self);
-    /// Drops what is queued, counting it as not delivered.
-    fn discard_queued(&self) -> u64;
-    fn queue_len(&self) -> usize;
-}
-
-/// An async group: a bounded queue its member tasks pop from.
-pub(crate) struct AsyncSink<M, A> {
-    pub(crate) group: Arc<str>,
-    pub(crate) queue: Queue<Item<M>>,
-    pub(crate) accepts: A,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) live_members: AtomicUsize,
-}
-
-impl<M: Send + Sync + 'static, A: Accepts<M>> Sink for AsyncSink<M, A> {
-    fn group(&self) -> &str {
-        &self.group
-    }
-    fn describe(&self) -> String {
-        format!("async {}", self.accepts.describe())
-    }
-    fn try_offer(&self, offer: &Offer<'_>) -> OfferOutcome {
-        let Some(item) = self.accepts.item(offer) else {
-            return OfferOutcome::NotForMe;
-        };
-        match self.queue.try_push(item) {
-            Ok(()) => {
-                bump(&self.counters.deliveries);
-                OfferOutcome::Accepted
-            }
-            Err(PushError::Full(_)) => OfferOutcome::Full,
-            Err(PushError::Closed) => OfferOutcome::Closed,
-        }
-    }
-    fn offer_until<'a>(
-        &'a self,
-        offer: &'a Offer<'a>,
-        deadline: Instant,
-    ) -> BoxFuture<'a, OfferOutcome> {
-        Box::pin(async move {
-            let Some(item) = self.accepts.item(offer) else {
-                return OfferOutcome::NotForMe;
-            };
-            match self.queue.push_until(item, deadline).await {
-                Ok(()) => {
-                    bump(&self.counters.deliveries);
-                    OfferOutcome::Accepted
-                }
-                Err(PushError::Full(())) => OfferOutcome::Full,
-                Err(PushError::Closed) => OfferOutcome::Closed,
-            }
-        })
-    }
-    fn leave(&self, _gate: &Arc<Gate>) {
-        self.live_members.fetch_sub(1, Ordering::AcqRel);
-    }
-    fn close(&self) {
-        self.queue.close();
-    }
-    fn discard_queued(&self) -> u64 {
-        let mut n = 0;
-        while self.queue.try_pop().is_some() {
-            bump(&self.counters.dropped);
-            n += 1;
-        }
-        n
-    }
-    fn queue_len(&self) -> usize {
-        self.queue.len()
-    }
 }
 
 /// A member of a synchronous group.
@@ -247,7 +196,6 @@ pub(crate) struct SyncMember<M> {
 
 /// A synchronous group: `publish` runs one member's handler inline (members take turns).
 pub(crate) struct SyncSink<M, A> {
-    pub(crate) group: Arc<str>,
     pub(crate) members: ArcSwap<Vec<Arc<SyncMember<M>>>>,
     pub(crate) next: AtomicUsize,
     pub(crate) accepts: A,
@@ -273,9 +221,6 @@ impl<M: EventInfo, A: Accepts<M>> SyncSink<M, A> {
 }
 
 impl<M: EventInfo, A: Accepts<M>> Sink for SyncSink<M, A> {
-    fn group(&self) -> &str {
-        &self.group
-    }
     fn describe(&self) -> String {
         format!("sync {}", self.accepts.describe())
     }
@@ -313,13 +258,6 @@ impl<M: EventInfo, A: Accepts<M>> Sink for SyncSink<M, A> {
             }
         }
     }
-    fn offer_until<'a>(
-        &'a self,
-        offer: &'a Offer<'a>,
-        _deadline: Instant,
-    ) -> BoxFuture<'a, OfferOutcome> {
-        Box::pin(std::future::ready(self.try_offer(offer)))
-    }
     fn leave(&self, gate: &Arc<Gate>) {
         self.members.rcu(|members| {
             members
@@ -328,12 +266,5 @@ impl<M: EventInfo, A: Accepts<M>> Sink for SyncSink<M, A> {
                 .cloned()
                 .collect::<Vec<_>>()
         });
-    }
-    fn close(&self) {}
-    fn discard_queued(&self) -> u64 {
-        0
-    }
-    fn queue_len(&self) -> usize {
-        0
     }
 }

@@ -152,7 +152,16 @@ async fn dropping_a_subscription_during_a_storm_stops_delivery() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(5 + round % 5)).await;
+        // Drop while deliveries are really happening: wait (bounded) for the first one.
+        let started = tokio::time::Instant::now();
+        while calls.load(Ordering::SeqCst) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "round {round}: handler never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1 + round % 5)).await;
         let dropper = tokio::task::spawn_blocking(move || {
             drop(sub);
             drop(sync_sub);
@@ -184,7 +193,13 @@ async fn dropping_a_subscription_during_a_storm_stops_delivery() {
             "round {round}: sync delivery after drop"
         );
     }
-    let stats = bus.stats();
+    // Groups of dropped subscriptions finish asynchronously: wait (bounded) for them.
+    let started = tokio::time::Instant::now();
+    let mut stats = bus.stats();
+    while stats.in_flight > 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stats = bus.stats();
+    }
     assert_eq!(stats.in_flight, 0, "{stats:?}");
     assert_eq!(
         stats.deliveries,

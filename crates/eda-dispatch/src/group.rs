@@ -1,0 +1,443 @@
+//! An async subscription group: its members, and the processor task (one per topic the
+//! group reads) that takes events from the topic's ring in batches and hands them to
+//! members through the group's balancer.
+//!
+//! * The processor reads only as many events as its members can take (the sum of their
+//!   concurrency limits), so a slow group stops reading, fills the ring and applies
+//!   backpressure to publishers — memory stays bounded.
+//! * With [`Balancer::KeyHash`], events with the same routing key are handled one at a
+//!   time in publish order (later ones wait, parked, behind the one in flight), different
+//!   keys in parallel. On a membership change the processor drains what is in flight
+//!   before re-mapping keys.
+//! * A member that left before an event's attempt could start gives it back; another
+//!   member takes it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use eda_core::{BoxFuture, CancellationToken, EventInfo};
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::Notify;
+
+use crate::balancer::{Balancer, BalancerState, MemberLoad};
+use crate::gate::Gate;
+use crate::item::Item;
+use crate::ring::Consumer;
+use crate::runner::GroupMember;
+use crate::sink::Accepts;
+use crate::stats::{Counters, bump};
+use crate::topic::{Backpressure, Published, Topic, lock};
+
+/// Events a processor reads from its ring at most at once.
+const MAX_BATCH: usize = 256;
+
+pub(crate) struct Group<M, A> {
+    pub(crate) name: Arc<str>,
+    pub(crate) balancer: Balancer,
+    pub(crate) policy: Backpressure,
+    pub(crate) accepts: A,
+    pub(crate) counters: Arc<Counters>,
+    members: Mutex<Vec<Arc<dyn GroupMember<M>>>>,
+    version: AtomicU64,
+    changed: Notify,
+    /// Cancelled when the group's last member leaves: finish in-flight work, then stop.
+    pub(crate) removed: CancellationToken,
+    /// Cancelled at the shutdown deadline: stop at once.
+    pub(crate) halt: CancellationToken,
+    attachments: Mutex<Vec<(Arc<Topic>, Arc<crate::ring::Sequence>)>>,
+}
+
+/// A group, whatever its event type, as the bus's registry sees it.
+pub(crate) trait AnyGroup: Send + Sync + 'static {
+    fn describe(&self) -> String;
+    /// Removes the member with this gate; returns how many are left.
+    fn remove_member(&self, gate: &Arc<Gate>) -> usize;
+    /// Starts the group's processor on `topic`.
+    fn attach(
+        self: Arc<Self>,
+        topic: &Arc<Topic>,
+        runtime: &tokio::runtime::Handle,
+    ) -> tokio::task::JoinHandle<()>;
+    /// Stops the group after its in-flight work (its last member left).
+    fn remove(&self);
+    /// Events waiting for this group (the largest lag over its topics).
+    fn lag(&self) -> usize;
+}
+
+impl<M, A> Group<M, A>
+where
+    M: EventInfo,
+    A: Accepts<M>,
+{
+    pub(crate) fn new(
+        name: Arc<str>,
+        balancer: Balancer,
+        policy: Backpressure,
+        accepts: A,
+        counters: Arc<Counters>,
+        halt: CancellationToken,
+    ) -> Self {
+        Self {
+            name,
+            balancer,
+            policy,
+            accepts,
+            counters,
+            members: Mutex::new(Vec::new()),
+            version: AtomicU64::new(0),
+            changed: Notify::new(),
+            removed: CancellationToken::new(),
+            halt,
+            attachments: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn add_member(&self, member: Arc<dyn GroupMember<M>>) {
+        lock(&self.members).push(member);
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    fn snapshot(&self) -> (u64, Vec<Arc<dyn GroupMember<M>>>) {
+        let members = lock(&self.members);
+        (self.version.load(Ordering::Acquire), members.clone())
+    }
+}
+
+impl<M, A> AnyGroup for Group<M, A>
+where
+    M: EventInfo,
+    A: Accepts<M>,
+{
+    fn describe(&self) -> String {
+        format!("async {}", self.accepts.describe())
+    }
+
+    fn remove_member(&self, gate: &Arc<Gate>) -> usize {
+        let left = {
+            let mut members = lock(&self.members);
+            members.retain(|m| !Arc::ptr_eq(m.gate(), gate));
+            members.len()
+        };
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        left
+    }
+
+    fn attach(
+        self: Arc<Self>,
+        topic: &Arc<Topic>,
+        runtime: &tokio::runtime::Handle,
+    ) -> tokio::task::JoinHandle<()> {
+        let consumer = topic.attach(self.name.clone(), self.policy);
+        lock(&self.attachments).push((topic.clone(), consumer.sequence().clone()));
+        runtime.spawn(Processor::new(self, topic.clone(), consumer).run())
+    }
+
+    fn remove(&self) {
+        self.removed.cancel();
+        self.changed.notify_waiters();
+    }
+
+    fn lag(&self) -> usize {
+        lock(&self.attachments)
+            .iter()
+            .map(|(topic, seq)| topic.lag_of(seq))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A finished event: the member (by gate address), its key, and the event if given back.
+type Done<M> = (usize, Option<String>, Option<Item<M>>);
+
+struct Processor<M, A> {
+    group: Arc<Group<M, A>>,
+    topic: Arc<Topic>,
+    consumer: Consumer<Published>,
+    version: u64,
+    members: Vec<Arc<dyn GroupMember<M>>>,
+    /// Weight and events in flight of each member, aligned with `members`.
+    view: Vec<MemberLoad>,
+    balancer: BalancerState,
+    in_flight: FuturesUnordered<BoxFuture<'static, Done<M>>>,
+    /// KeyHash: keys with an event in flight, and the events of that key waiting behind it.
+    keys: HashMap<String, VecDeque<Item<M>>>,
+    parked: usize,
+    /// An event whose chosen member is at its concurrency limit.
+    stalled: Option<(usize, Item<M>)>,
+    /// Read from the ring, not yet handed to a member (at most MAX_BATCH).
+    backlog: VecDeque<Item<M>>,
+}
+
+fn member_id<M: 'static>(member: &Arc<dyn GroupMember<M>>) -> usize {
+    Arc::as_ptr(member.gate()) as usize
+}
+
+impl<M, A> Processor<M, A>
+where
+    M: EventInfo,
+    A: Accepts<M>,
+{
+    fn new(group: Arc<Group<M, A>>, topic: Arc<Topic>, consumer: Consumer<Published>) -> Self {
+        let balancer = BalancerState::new(group.balancer);
+        Self {
+            group,
+            topic,
+            consumer,
+            version: u64::MAX,
+            members: Vec::new(),
+            view: Vec::new(),
+            balancer,
+            in_flight: FuturesUnordered::new(),
+            keys: HashMap::new(),
+            parked: 0,
+            stalled: None,
+            backlog: VecDeque::with_capacity(MAX_BATCH),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.members.iter().map(|m| m.concurrency()).sum()
+    }
+
+    /// In flight, parked or stalled: taken by the group but not finished.
+    fn busy(&self) -> usize {
+        self.in_flight.len() + self.parked + usize::from(self.stalled.is_some())
+    }
+
+    fn keyed(&self) -> bool {
+        self.group.balancer == Balancer::KeyHash
+    }
+
+    /// Whether a membership change waits for KeyHash to drain.
+    fn draining(&self) -> bool {
+        self.version != self.group.version.load(Ordering::Acquire)
+    }
+
+    /// Takes the group's current members, unless KeyHash must drain first.
+    fn refresh(&mut self) {
+        if !self.draining() {
+            return;
+        }
+        if self.keyed() && self.busy() > 0 {
+            return;
+        }
+        let (version, members) = self.group.snapshot();
+        let old: HashMap<usize, usize> = self
+            .members
+            .iter()
+            .zip(&self.view)
+            .map(|(m, v)| (member_id(m), v.in_flight))
+            .collect();
+        self.view = members
+            .iter()
+            .map(|m| MemberLoad {
+                weight: m.weight(),
+                in_flight: old.get(&member_id(m)).copied().unwrap_or(0),
+            })
+            .collect();
+        self.version = version;
+        self.members = members;
+        self.balancer.reset();
+        if let Some((_, item)) = self.stalled.take() {
+            // Indices changed: choose again (never keyed here: KeyHash drained first).
+            self.dispatch(item);
+        }
+    }
+
+    fn can_dispatch(&self) -> bool {
+        !self.members.is_empty()
+            && self.stalled.is_none()
+            && !(self.keyed() && self.draining())
+            && self.in_flight.len() + self.parked < self.capacity()
+    }
+
+    fn dispatch(&mut self, item: Item<M>) {
+        if self.members.is_empty() {
+            bump(&self.group.counters.dropped);
+            return;
+        }
+        let key = match self.group.balancer {
+            Balancer::KeyHash => item.key().map(str::to_owned),
+            _ => None,
+        };
+        if let Some(k) = &key {
+            if let Some(waiting) = self.keys.get_mut(k) {
+                waiting.push_back(item);
+                self.parked += 1;
+                return;
+            }
+            self.keys.insert(k.clone(), VecDeque::new());
+        }
+        let idx = self.balancer.pick(&self.view, key.as_deref());
+        self.start(idx, key, item);
+    }
+
+    /// Starts `item` on member `idx`, or stalls it until the member has room.
+    fn start(&mut self, idx: usize, key: Option<String>, item: Item<M>) {
+        let member = &self.members[idx];
+        if self.view[idx].in_flight >= member.concurrency() {
+            // A keyed event keeps its key reserved: the stalled event is its head.
+            debug_assert!(self.stalled.is_none());
+            self.stalled = Some((idx, item));
+            return;
+        }
+        self.view[idx].in_flight += 1;
+        let id = member_id(member);
+        let mut fut = member.clone().process(item);
+        // Most handlers finish on their first poll: no FuturesUnordered entry then.
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(back) => self.complete((id, key, back)),
+            std::task::Poll::Pending => self
+                .in_flight
+                .push(fut.map(move |back| (id, key, back)).boxed()),
+        }
+    }
+
+    fn complete(&mut self, (id, key, back): Done<M>) {
+        let idx = self.members.iter().position(|m| member_id(m) == id);
+        if let Some(i) = idx {
+            self.view[i].in_flight = self.view[i].in_flight.saturating_sub(1);
+        }
+        if let Some(item) = back {
+            // The member left before the attempt started: another member takes it. A
+            // keyed event keeps its key reserved, so the events parked behind it wait.
+            if let Some(i) = idx {
+                self.members.remove(i);
+                self.view.remove(i);
+                self.balancer.reset();
+            }
+            if self.members.is_empty() {
+                bump(&self.group.counters.dropped);
+                if let Some(waiting) = key.as_ref().and_then(|k| self.keys.remove(k)) {
+                    for _ in &waiting {
+                        bump(&self.group.counters.dropped);
+                    }
+                    self.parked -= waiting.len();
+                }
+            } else {
+                let i = self.balancer.pick(&self.view, key.as_deref());
+                self.start(i, key, item);
+            }
+        } else if let Some(k) = key {
+            match self.keys.get_mut(&k).and_then(VecDeque::pop_front) {
+                Some(item) => {
+                    self.parked -= 1;
+                    let i = self.balancer.pick(&self.view, Some(&k));
+                    self.start(i, Some(k), item);
+                }
+                None => {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+        if let Some((i, item)) = self.stalled.take() {
+            if i < self.members.len() && self.view[i].in_flight < self.members[i].concurrency() {
+                let key = match self.group.balancer {
+                    Balancer::KeyHash => item.key().map(str::to_owned),
+                    _ => None,
+                };
+                self.start(i, key, item);
+            } else {
+                self.stalled = Some((i, item));
+            }
+        }
+    }
+
+    /// Hands backlog events to members while they have room.
+    fn drain_backlog(&mut self) {
+        while self.can_dispatch() {
+            let Some(item) = self.backlog.pop_front() else {
+                break;
+            };
+            self.dispatch(item);
+        }
+    }
+
+    /// Reads a batch from the ring into the backlog; returns how many entries it consumed.
+    fn read(&mut self) -> usize {
+        let accepts = &self.group.accepts;
+        let backlog = &mut self.backlog;
+        let before = backlog.len();
+        let n = self.consumer.try_read_batch(MAX_BATCH, |_, published| {
+            if let Some(item) = accepts.take(published) {
+                backlog.push_back(item);
+            }
+        });
+        let taken = self.backlog.len() - before;
+        if taken > 0 {
+            self.group
+                .counters
+                .deliveries
+                .fetch_add(taken as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    async fn run(mut self) {
+        let group = self.group.clone();
+        let mut changed = Box::pin(group.changed.notified());
+        changed.as_mut().enable();
+        let mut closed = false;
+        loop {
+            self.refresh();
+            self.drain_backlog();
+            let finishing = group.removed.is_cancelled();
+            let can_read = !finishing && !closed && self.backlog.is_empty() && self.can_dispatch();
+            if can_read && self.read() > 0 {
+                continue;
+            }
+            if (closed || finishing) && self.busy() == 0 && (finishing || self.backlog.is_empty()) {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = group.halt.cancelled() => break,
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => self.complete(done),
+                ready = self.consumer.ready(), if can_read => {
+                    if ready.is_err() {
+                        closed = true;
+                    }
+                }
+                _ = &mut changed => {
+                    changed.set(group.changed.notified());
+                    changed.as_mut().enable();
+                }
+                _ = group.removed.cancelled(), if !finishing => {}
+            }
+        }
+        self.finish();
+    }
+
+    /// Counts what will never be handled: in flight (at a halt), parked, stalled, read
+    /// but not started, and what the group had not read yet.
+    fn finish(mut self) {
+        let counters = self.group.counters.clone();
+        let dropped = self.in_flight.len()
+            + self.parked
+            + usize::from(self.stalled.is_some())
+            + self.backlog.len();
+        counters
+            .dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        self.in_flight = FuturesUnordered::new();
+        let accepts = &self.group.accepts;
+        loop {
+            let n = self.consumer.try_read_batch(MAX_BATCH, |_, published| {
+                if accepts.take(published).is_some() {
+                    bump(&counters.deliveries);
+                    bump(&counters.dropped);
+                }
+            });
+            if n == 0 {
+                break;
+            }
+        }
+        self.topic.detach(self.consumer.sequence());
+    }
+}

@@ -1,0 +1,142 @@
+//! A topic: one ring buffer that every async group of the topic reads (multicast),
+//! so a slow topic never blocks another.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use eda_core::{EventInfo, RawEvent};
+
+use crate::ring::{self, Consumer, MultiProducer, RingBuffer, Sequence};
+
+/// What publishers do when a group is a whole ring behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backpressure {
+    /// `publish` waits for room up to the topic's dispatch timeout (`try_publish` fails).
+    #[default]
+    Block,
+    /// `publish` fails at once with `PublishError::Full` naming the group.
+    Fail,
+}
+
+/// One published event in a ring slot, shared by every group of the topic.
+pub(crate) struct Published {
+    pub(crate) event: Arc<dyn EventInfo>,
+    /// The record form, encoded (as JSON) at most once, for pattern groups.
+    raw: OnceLock<Result<Arc<RawEvent>, String>>,
+}
+
+impl Published {
+    pub(crate) fn new(event: Arc<dyn EventInfo>) -> Self {
+        Self {
+            event,
+            raw: OnceLock::new(),
+        }
+    }
+
+    /// The event as a record: itself when published raw, else JSON-encoded once.
+    pub(crate) fn as_raw(&self) -> Result<Arc<RawEvent>, String> {
+        self.raw
+            .get_or_init(|| {
+                let any: Arc<dyn Any + Send + Sync> = self.event.clone();
+                match any.downcast::<RawEvent>() {
+                    Ok(raw) => Ok(raw),
+                    Err(_) => self
+                        .event
+                        .to_raw_event()
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string()),
+                }
+            })
+            .clone()
+    }
+
+    /// The attributes alone, for an event whose payload would not encode.
+    pub(crate) fn attributes_only(&self) -> Arc<RawEvent> {
+        let e = &self.event;
+        Arc::new(RawEvent {
+            id: e.id(),
+            time: e.time(),
+            source: Arc::from(e.source()),
+            event_type: Arc::from(e.event_type()),
+            datacontenttype: None,
+            dataschema: None,
+            metadata: e.metadata().clone(),
+            data: Default::default(),
+        })
+    }
+}
+
+struct Attachment {
+    group: Arc<str>,
+    policy: Backpressure,
+    sequence: Arc<Sequence>,
+}
+
+pub(crate) struct Topic {
+    pub(crate) producer: MultiProducer<Published>,
+    pub(crate) ring: Arc<RingBuffer<Published>>,
+    pub(crate) dispatch_timeout: Duration,
+    attached: Mutex<Vec<Attachment>>,
+    consumers: AtomicUsize,
+}
+
+impl Topic {
+    pub(crate) fn new(capacity: usize, dispatch_timeout: Duration) -> Arc<Self> {
+        let (producer, ring) = ring::multi_producer(capacity);
+        Arc::new(Self {
+            producer,
+            ring,
+            dispatch_timeout,
+            attached: Mutex::new(Vec::new()),
+            consumers: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether any group reads this topic (publishing is skipped otherwise).
+    #[inline]
+    pub(crate) fn has_consumers(&self) -> bool {
+        self.consumers.load(Ordering::Acquire) > 0
+    }
+
+    /// A consumer for a group, registered for attribution of backpressure.
+    pub(crate) fn attach(&self, group: Arc<str>, policy: Backpressure) -> Consumer<Published> {
+        let consumer = self.ring.consumer();
+        lock(&self.attached).push(Attachment {
+            group,
+            policy,
+            sequence: consumer.sequence().clone(),
+        });
+        self.consumers.fetch_add(1, Ordering::AcqRel);
+        consumer
+    }
+
+    pub(crate) fn detach(&self, sequence: &Arc<Sequence>) {
+        let mut attached = lock(&self.attached);
+        let before = attached.len();
+        attached.retain(|a| !Arc::ptr_eq(&a.sequence, sequence));
+        if attached.len() < before {
+            self.consumers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The group furthest behind (the one a full ring waits for) and its policy.
+    pub(crate) fn slowest_group(&self) -> Option<(Arc<str>, Backpressure)> {
+        lock(&self.attached)
+            .iter()
+            .min_by_key(|a| a.sequence.get())
+            .map(|a| (a.group.clone(), a.policy))
+    }
+
+    /// Events published but not yet read by the group's consumer on this topic.
+    pub(crate) fn lag_of(&self, sequence: &Arc<Sequence>) -> usize {
+        (self.ring.cursor() - sequence.get()).max(0) as usize
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections here are short and complete; a panic cannot leave them half done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
