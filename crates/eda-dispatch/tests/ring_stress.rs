@@ -20,12 +20,12 @@ fn events_per_producer() -> u64 {
 }
 
 /// Consumes until every producer's last event arrived, checking order per producer.
-fn check_all(mut consumer: Consumer<u64>, producers: u64, per: u64, strategy: WaitStrategy) -> u64 {
+fn check_all(mut consumer: Consumer<u64>, producers: u64, per: u64) -> u64 {
     let mut next = vec![0u64; producers as usize];
     let mut seen = 0u64;
     let total = producers * per;
     while seen < total {
-        consumer.wait(strategy).expect("ring closed early");
+        consumer.wait().expect("ring closed early");
         consumer.try_read_batch(256, |_, &v| {
             let p = (v >> PRODUCER_SHIFT) as usize;
             let n = v & ((1 << PRODUCER_SHIFT) - 1);
@@ -44,11 +44,11 @@ fn check_all(mut consumer: Consumer<u64>, producers: u64, per: u64, strategy: Wa
 
 fn run_multi(producers: u64, consumers: usize, capacity: usize, strategy: WaitStrategy) {
     let per = events_per_producer();
-    let (producer, ring) = ring::multi_producer::<u64>(capacity);
+    let (producer, ring) = ring::multi_producer_with::<u64>(capacity, strategy);
     let readers: Vec<_> = (0..consumers)
         .map(|_| {
             let c = ring.consumer();
-            thread::spawn(move || check_all(c, producers, per, strategy))
+            thread::spawn(move || check_all(c, producers, per))
         })
         .collect();
     let writers: Vec<_> = (0..producers)
@@ -69,9 +69,7 @@ fn run_multi(producers: u64, consumers: usize, capacity: usize, strategy: WaitSt
                         }
                         n += 8;
                     } else {
-                        producer
-                            .publish((p << PRODUCER_SHIFT) | n, strategy)
-                            .unwrap();
+                        producer.publish((p << PRODUCER_SHIFT) | n).unwrap();
                         n += 1;
                     }
                 }
@@ -92,6 +90,11 @@ fn three_producers_three_consumers_yielding() {
 }
 
 #[test]
+fn three_producers_three_consumers_blocking() {
+    run_multi(3, 3, 1024, WaitStrategy::Blocking);
+}
+
+#[test]
 fn two_producers_two_consumers_blocking_small_ring() {
     // A ring of 64 slots makes producers wait for consumers all the time.
     run_multi(2, 2, 64, WaitStrategy::Blocking);
@@ -108,7 +111,7 @@ fn single_producer_batches_and_pipeline() {
         let mut c = second;
         let mut expect = 0;
         while expect < per {
-            c.wait(WaitStrategy::Blocking).unwrap();
+            c.wait().unwrap();
             c.try_read_batch(128, |seq, &v| {
                 assert_eq!(v, expect);
                 // A later stage never overtakes the earlier one.
@@ -117,12 +120,12 @@ fn single_producer_batches_and_pipeline() {
             });
         }
     });
-    let stage1 = thread::spawn(move || check_all(first, 1, per, WaitStrategy::Blocking));
+    let stage1 = thread::spawn(move || check_all(first, 1, per));
     let mut n = 0;
     while n < per {
         let k = (n % 61 + 1).min(per - n);
         producer
-            .publish_batch((n..n + k).collect::<Vec<_>>(), WaitStrategy::Blocking)
+            .publish_batch((n..n + k).collect::<Vec<_>>())
             .unwrap();
         n += k;
     }
@@ -200,14 +203,11 @@ fn closing_drains_then_stops() {
         producer.try_publish(4).is_err(),
         "closed rings refuse events"
     );
-    c.wait(WaitStrategy::Blocking).unwrap();
+    c.wait().unwrap();
     let mut got = Vec::new();
     c.try_read_batch(8, |_, v| got.push(*v));
     assert_eq!(got, [1, 2, 3]);
-    assert!(
-        c.wait(WaitStrategy::Blocking).is_err(),
-        "drained and closed"
-    );
+    assert!(c.wait().is_err(), "drained and closed");
 }
 
 #[test]

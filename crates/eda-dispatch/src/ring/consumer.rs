@@ -8,7 +8,6 @@ use super::barrier::SequenceBarrier;
 use super::ring::{Closed, RingBuffer};
 use super::sequence::Sequence;
 use super::sync::Arc;
-use super::wait::WaitStrategy;
 
 /// Reads every event of a ring (each consumer sees every event: multicast).
 ///
@@ -70,11 +69,14 @@ impl<T: Send + Sync> Consumer<T> {
         n
     }
 
-    /// Waits on this thread until an event is available; `Err(Closed)` once the ring is
-    /// closed and drained.
-    pub fn wait(&self, strategy: WaitStrategy) -> Result<(), Closed> {
+    /// Waits on this thread, with the ring's strategy, until an event is available;
+    /// `Err(Closed)` once the ring is closed and drained.
+    pub fn wait(&self) -> Result<(), Closed> {
         let ring = &self.barrier.ring;
-        strategy.wait_until(&ring.data, || {
+        if self.barrier.available(self.next) >= self.next {
+            return Ok(());
+        }
+        ring.strategy.wait_until(&ring.data, || {
             self.barrier.available(self.next) >= self.next || ring.is_closed()
         });
         self.ready_or_closed()
@@ -88,8 +90,9 @@ impl<T: Send + Sync> Consumer<T> {
         }
     }
 
-    /// Polls for an available event without a thread of its own: the producer wakes
-    /// this task only when it registered as waiting.
+    /// Polls for an available event without a thread of its own: on a blocking ring the
+    /// producer wakes this task only when it registered as waiting (on a spinning or
+    /// yielding ring the task re-polls itself).
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         let ring = &self.barrier.ring;
         if self.barrier.available(self.next) >= self.next {
@@ -97,6 +100,11 @@ impl<T: Send + Sync> Consumer<T> {
         }
         if ring.is_closed() {
             return Poll::Ready(self.ready_or_closed());
+        }
+        if !ring.signals() {
+            // Nobody signals a spinning ring: poll again soon.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         ring.data.register(cx.waker());
         if self.barrier.available(self.next) >= self.next {

@@ -8,14 +8,14 @@
 use loom::thread;
 
 use super::sync::Arc;
-use super::{WaitStrategy, multi_producer, single_producer};
+use super::{WaitStrategy, multi_producer, single_producer, single_producer_with};
 
 /// Reads `n` events on this thread, blocking while none is available (a condvar wait
 /// is one step for loom, where a spin loop is many).
 fn drain(consumer: &mut super::Consumer<u64>, n: usize) -> Vec<u64> {
     let mut seen = Vec::new();
     while seen.len() < n {
-        consumer.wait(WaitStrategy::Blocking).unwrap();
+        consumer.wait().unwrap();
         consumer.try_read_batch(2, |_, v| seen.push(*v));
     }
     seen
@@ -28,7 +28,7 @@ fn loom_single_producer_wraps_without_overwriting() {
         let mut consumer = ring.consumer();
         let reader = thread::spawn(move || drain(&mut consumer, 3));
         for v in 1..=3 {
-            producer.publish(v, WaitStrategy::Blocking).unwrap();
+            producer.publish(v).unwrap();
         }
         assert_eq!(reader.join().unwrap(), vec![1, 2, 3]);
     });
@@ -42,10 +42,10 @@ fn loom_multi_producer_claims_are_unique_and_ordered_per_producer() {
         let p2 = producer.clone();
         let reader = thread::spawn(move || drain(&mut consumer, 3));
         let other = thread::spawn(move || {
-            p2.publish(10, WaitStrategy::Blocking).unwrap();
-            p2.publish(11, WaitStrategy::Blocking).unwrap();
+            p2.publish(10).unwrap();
+            p2.publish(11).unwrap();
         });
-        producer.publish(20, WaitStrategy::Blocking).unwrap();
+        producer.publish(20).unwrap();
         other.join().unwrap();
         let seen = reader.join().unwrap();
         let tens: Vec<u64> = seen.iter().copied().filter(|v| *v < 20).collect();
@@ -68,7 +68,7 @@ fn loom_every_consumer_gates_the_producer() {
         let ta = thread::spawn(move || drain(&mut a, 3));
         let tb = thread::spawn(move || drain(&mut b, 3));
         for v in 1..=3 {
-            producer.publish(v, WaitStrategy::Blocking).unwrap();
+            producer.publish(v).unwrap();
         }
         assert_eq!(ta.join().unwrap(), vec![1, 2, 3]);
         assert_eq!(tb.join().unwrap(), vec![1, 2, 3]);
@@ -78,10 +78,10 @@ fn loom_every_consumer_gates_the_producer() {
 #[test]
 fn loom_yielding_consumer_sees_a_batch() {
     loom::model(|| {
-        let (mut producer, ring) = single_producer::<u64>(2);
+        let (mut producer, ring) = single_producer_with::<u64>(2, WaitStrategy::Yielding);
         let mut consumer = ring.consumer();
         let reader = thread::spawn(move || {
-            consumer.wait(WaitStrategy::Yielding).unwrap();
+            consumer.wait().unwrap();
             let mut seen = Vec::new();
             consumer.try_read_batch(2, |_, v| seen.push(*v));
             seen
@@ -103,7 +103,7 @@ fn loom_blocking_wait_never_loses_a_wakeup() {
         let reader = thread::spawn(move || {
             let mut seen = Vec::new();
             while seen.len() < 2 {
-                consumer.wait(WaitStrategy::Blocking).unwrap();
+                consumer.wait().unwrap();
                 consumer.try_read_batch(2, |_, v| seen.push(*v));
             }
             seen
@@ -123,7 +123,7 @@ fn loom_close_wakes_a_blocked_consumer() {
             let ring = Arc::clone(&ring);
             thread::spawn(move || ring.close())
         };
-        assert!(consumer.wait(WaitStrategy::Blocking).is_err());
+        assert!(consumer.wait().is_err());
         closer.join().unwrap();
     });
 }

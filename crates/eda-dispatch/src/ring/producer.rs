@@ -7,7 +7,6 @@ use std::task::Poll;
 use super::ring::{Closed, Full, RingBuffer};
 use super::sequence::INITIAL;
 use super::sync::Arc;
-use super::wait::WaitStrategy;
 
 /// The only producer of a ring: claims with plain arithmetic, publishes by storing
 /// the cursor. Not `Clone`; use [`MultiProducer`] for several publishers.
@@ -48,9 +47,9 @@ impl<T: Send + Sync> SingleProducer<T> {
         Ok(sequence)
     }
 
-    /// Publishes one event, waiting for room with `strategy`.
-    pub fn publish(&mut self, value: T, strategy: WaitStrategy) -> Result<i64, Closed> {
-        self.wait_for_room(1, strategy)?;
+    /// Publishes one event, waiting for room with the ring's strategy.
+    pub fn publish(&mut self, value: T) -> Result<i64, Closed> {
+        self.wait_for_room(1)?;
         self.try_publish(value).map_err(|_| Closed)
     }
 
@@ -77,25 +76,26 @@ impl<T: Send + Sync> SingleProducer<T> {
         Ok((lo, self.claimed))
     }
 
-    /// Publishes a batch, waiting for room with `strategy`. At most the ring's capacity.
-    pub fn publish_batch<I>(
-        &mut self,
-        values: I,
-        strategy: WaitStrategy,
-    ) -> Result<(i64, i64), Closed>
+    /// Publishes a batch, waiting for room with the ring's strategy. At most the ring's
+    /// capacity.
+    pub fn publish_batch<I>(&mut self, values: I) -> Result<(i64, i64), Closed>
     where
         I: IntoIterator<Item = T>,
         I::IntoIter: ExactSizeIterator,
     {
         let values = values.into_iter();
         let n = (values.len() as i64).min(self.ring.capacity() as i64);
-        self.wait_for_room(n, strategy)?;
+        self.wait_for_room(n)?;
         self.try_publish_batch(values).map_err(|_| Closed)
     }
 
-    fn wait_for_room(&self, n: i64, strategy: WaitStrategy) -> Result<(), Closed> {
+    fn wait_for_room(&self, n: i64) -> Result<(), Closed> {
         let ring = &self.ring;
-        strategy.wait_until(&ring.space, || ring.is_closed() || self.room_for(n));
+        if !ring.is_closed() && self.room_for(n) {
+            return Ok(());
+        }
+        ring.strategy
+            .wait_until(&ring.space, || ring.is_closed() || self.room_for(n));
         if ring.is_closed() {
             Err(Closed)
         } else {
@@ -111,6 +111,11 @@ impl<T: Send + Sync> SingleProducer<T> {
             }
             if self.room_for(1) {
                 return Poll::Ready(Ok(()));
+            }
+            if !self.ring.signals() {
+                // Nobody signals a spinning ring: poll again soon.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             self.ring.space.register(cx.waker());
             if self.ring.is_closed() {
@@ -186,15 +191,16 @@ impl<T: Send + Sync> MultiProducer<T> {
         }
     }
 
-    /// Publishes one event, waiting for room with `strategy`.
-    pub fn publish(&self, mut value: T, strategy: WaitStrategy) -> Result<i64, Closed> {
+    /// Publishes one event, waiting for room with the ring's strategy.
+    pub fn publish(&self, mut value: T) -> Result<i64, Closed> {
         loop {
             match self.try_publish(value) {
                 Ok(sequence) => return Ok(sequence),
                 Err(back) => value = back,
             }
             let ring = &self.ring;
-            strategy.wait_until(&ring.space, || ring.is_closed() || self.has_room_for(1));
+            ring.strategy
+                .wait_until(&ring.space, || ring.is_closed() || self.has_room_for(1));
             if ring.is_closed() {
                 return Err(Closed);
             }
@@ -233,6 +239,10 @@ impl<T: Send + Sync> MultiProducer<T> {
             }
             if self.has_room_for(1) {
                 return Poll::Ready(Ok(()));
+            }
+            if !self.ring.signals() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             self.ring.space.register(cx.waker());
             if self.ring.is_closed() {

@@ -18,7 +18,7 @@
 
 use super::sequence::{INITIAL, Sequence, min_sequence};
 use super::sync::{Arc, AtomicBool, AtomicI64, Mutex, Ordering, UnsafeCell, lock};
-use super::wait::Notifier;
+use super::wait::{Notifier, WaitStrategy};
 
 /// The ring could not take the events: every slot is still being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +40,10 @@ pub struct RingBuffer<T> {
     /// Multi producer only: the sequence last published into each slot.
     available: Box<[AtomicI64]>,
     multi: bool,
-    /// Consumers that may not be overrun (their sequences), as an immutable snapshot.
-    gating: Mutex<Arc<[Arc<Sequence>]>>,
+    /// Consumers that may not be overrun (their sequences), as an immutable snapshot:
+    /// read without a lock by producers, replaced under `gating_lock` by (un)registration.
+    gating: GatingSnapshot,
+    gating_lock: Mutex<()>,
     /// The smallest gating sequence seen last time; only a lower bound, refreshed lazily.
     pub(super) gating_cache: Sequence,
     pub(super) data: Notifier,
@@ -50,6 +52,10 @@ pub struct RingBuffer<T> {
     /// Set once a consumer depends on another (a pipeline stage): consumers' progress
     /// must then wake waiting consumers too, not only producers.
     pub(super) pipelined: AtomicBool,
+    /// How everyone waits on this ring. Only [`WaitStrategy::Blocking`] rings signal
+    /// (a fence and a load per publish and per consumed batch); spinning and yielding
+    /// rings never do, as in the LMAX Disruptor.
+    pub(super) strategy: WaitStrategy,
 }
 
 // SAFETY: the ring moves `T`s between threads (Send) and lets several consumers read the
@@ -68,7 +74,7 @@ impl<T> std::fmt::Debug for RingBuffer<T> {
 }
 
 impl<T> RingBuffer<T> {
-    pub(super) fn new(capacity: usize, multi: bool) -> Arc<Self> {
+    pub(super) fn new(capacity: usize, multi: bool, strategy: WaitStrategy) -> Arc<Self> {
         let capacity = capacity.max(1).next_power_of_two();
         let slots = (0..capacity).map(|_| UnsafeCell::new(None)).collect();
         let available = if multi {
@@ -82,12 +88,14 @@ impl<T> RingBuffer<T> {
             cursor: Sequence::new(INITIAL),
             available,
             multi,
-            gating: Mutex::new(Arc::from(Vec::new())),
+            gating: GatingSnapshot::new(),
+            gating_lock: Mutex::new(()),
             gating_cache: Sequence::new(INITIAL),
             data: Notifier::default(),
             space: Notifier::default(),
             closed: AtomicBool::new(false),
             pipelined: AtomicBool::new(false),
+            strategy,
         })
     }
 
@@ -106,6 +114,16 @@ impl<T> RingBuffer<T> {
         self.cursor.get()
     }
 
+    /// How producers and consumers of this ring wait.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.strategy
+    }
+
+    #[inline]
+    pub(super) fn signals(&self) -> bool {
+        self.strategy == WaitStrategy::Blocking
+    }
+
     /// Closes the ring: producers fail, consumers drain what was published, then stop.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -120,8 +138,7 @@ impl<T> RingBuffer<T> {
 
     /// The smallest sequence of the gating consumers (`default` when there are none).
     pub(super) fn min_gating(&self, default: i64) -> i64 {
-        let gating = lock(&self.gating).clone();
-        min_sequence(&gating, default)
+        self.gating.with(|gating| min_sequence(gating, default))
     }
 
     /// Whether sequences up to `hi` may be written: every gating consumer is past
@@ -140,13 +157,15 @@ impl<T> RingBuffer<T> {
     /// Removes a consumer's sequence; producers no longer wait for it.
     pub(super) fn remove_gating(&self, sequence: &Arc<Sequence>) {
         {
-            let mut gating = lock(&self.gating);
-            let next: Vec<Arc<Sequence>> = gating
-                .iter()
-                .filter(|s| !Arc::ptr_eq(s, sequence))
-                .cloned()
-                .collect();
-            *gating = Arc::from(next);
+            let _guard = lock(&self.gating_lock);
+            let next: Vec<Arc<Sequence>> = self.gating.with(|gating| {
+                gating
+                    .iter()
+                    .filter(|s| !Arc::ptr_eq(s, sequence))
+                    .cloned()
+                    .collect()
+            });
+            self.gating.store(next);
         }
         self.space.notify();
     }
@@ -158,11 +177,11 @@ impl<T> RingBuffer<T> {
     /// older consumers, which are all at or below that cursor, so it only rewrites slots
     /// whose previous occupants precede this consumer's start.
     pub(super) fn register_consumer(&self) -> Arc<Sequence> {
-        let mut gating = lock(&self.gating);
+        let _guard = lock(&self.gating_lock);
         let sequence = Arc::new(Sequence::new(self.cursor.get()));
-        let mut next: Vec<Arc<Sequence>> = gating.iter().cloned().collect();
+        let mut next: Vec<Arc<Sequence>> = self.gating.with(|gating| gating.to_vec());
         next.push(sequence.clone());
-        *gating = Arc::from(next);
+        self.gating.store(next);
         sequence
     }
 
@@ -199,6 +218,9 @@ impl<T> RingBuffer<T> {
     /// room and, in a pipeline, later stages waiting for it.
     #[inline]
     pub(super) fn consumer_progressed(&self) {
+        if !self.signals() {
+            return;
+        }
         self.space.notify();
         if self.pipelined.load(Ordering::Relaxed) {
             self.data.notify();
@@ -216,7 +238,9 @@ impl<T> RingBuffer<T> {
         } else {
             self.cursor.set(hi);
         }
-        self.data.notify();
+        if self.signals() {
+            self.data.notify();
+        }
     }
 
     /// The highest sequence in `next..=claimed` such that all of `next..=it` are
@@ -234,5 +258,47 @@ impl<T> RingBuffer<T> {
             sequence += 1;
         }
         claimed
+    }
+}
+
+/// The gating sequences: an `ArcSwap` snapshot (lock-free reads); under loom, which
+/// cannot model arc-swap, a mutex (the snapshot logic is the same).
+struct GatingSnapshot {
+    #[cfg(not(loom))]
+    inner: arc_swap::ArcSwap<Vec<Arc<Sequence>>>,
+    #[cfg(loom)]
+    inner: Mutex<Arc<Vec<Arc<Sequence>>>>,
+}
+
+impl GatingSnapshot {
+    fn new() -> Self {
+        Self {
+            #[cfg(not(loom))]
+            inner: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            #[cfg(loom)]
+            inner: Mutex::new(Arc::new(Vec::new())),
+        }
+    }
+
+    #[inline]
+    fn with<R>(&self, f: impl FnOnce(&[Arc<Sequence>]) -> R) -> R {
+        #[cfg(not(loom))]
+        {
+            f(&self.inner.load())
+        }
+        #[cfg(loom)]
+        {
+            let snapshot = lock(&self.inner).clone();
+            f(&snapshot)
+        }
+    }
+
+    fn store(&self, sequences: Vec<Arc<Sequence>>) {
+        #[cfg(not(loom))]
+        self.inner.store(Arc::new(sequences));
+        #[cfg(loom)]
+        {
+            *lock(&self.inner) = Arc::new(sequences);
+        }
     }
 }

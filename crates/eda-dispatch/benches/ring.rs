@@ -1,0 +1,538 @@
+//! The Disruptor paper's scenarios on this machine, in one run: eda's ring against
+//! `crossbeam-channel` (the ArrayBlockingQueue role), `tokio::sync` channels, and the
+//! `disruptor` crate (4.x) as the peer.
+//!
+//! Run with `cargo xtask bench ring` (or `cargo bench -p eda-dispatch --bench ring`).
+//! Every rate is the median of 5 runs after a warm-up; ratios compare rows of this run.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use disruptor::Producer as _;
+use eda_dispatch::ring::{self, WaitStrategy};
+
+const N: u64 = 10_000_000;
+const RUNS: usize = 5;
+const RING: usize = 1024;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn rate(n: u64, mut f: impl FnMut(u64) -> Duration) -> f64 {
+    f(n / 10);
+    median((0..RUNS).map(|_| n as f64 / f(n).as_secs_f64()).collect())
+}
+
+/// The `disruptor` crate has busy-spin and sleep strategies; this is its yielding peer.
+#[derive(Clone, Copy)]
+struct DisruptorYield;
+impl disruptor::wait_strategies::WaitStrategy for DisruptorYield {
+    fn wait_for(&self, _sequence: disruptor::Sequence) {
+        thread::yield_now();
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    value: u64,
+}
+
+// ----- unicast 1P-1C ----------------------------------------------------------------------
+
+fn eda_unicast(n: u64, batch: u64, strategy: WaitStrategy) -> Duration {
+    let (mut producer, ring) = ring::single_producer_with::<u64>(RING, strategy);
+    let mut consumer = ring.consumer();
+    let start = Instant::now();
+    let reader = thread::spawn(move || {
+        let mut sum = 0u64;
+        let mut seen = 0;
+        while seen < n {
+            consumer.wait().unwrap();
+            seen += consumer.try_read_batch(RING, |_, v| sum = sum.wrapping_add(*v)) as u64;
+        }
+        black_box(sum);
+    });
+    let mut i = 0;
+    if batch == 1 {
+        while i < n {
+            producer.publish(i).unwrap();
+            i += 1;
+        }
+    } else {
+        let mut buf = Vec::with_capacity(batch as usize);
+        while i < n {
+            buf.clear();
+            buf.extend(i..(i + batch).min(n));
+            let k = buf.len() as u64;
+            producer.publish_batch(buf.drain(..)).unwrap();
+            i += k;
+        }
+    }
+    reader.join().unwrap();
+    start.elapsed()
+}
+
+fn disruptor_unicast(n: u64, batch: u64) -> Duration {
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    let mut sum = 0u64;
+    let mut seen = 0u64;
+    let mut producer = disruptor::build_single_producer(RING, Slot::default, DisruptorYield)
+        .handle_events_with(move |e: &Slot, _seq, _end| {
+            sum = sum.wrapping_add(e.value);
+            seen += 1;
+            if seen == n {
+                d.store(black_box(sum) | 1, Ordering::Release);
+            }
+        })
+        .build();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        if batch == 1 {
+            producer.publish(|e| e.value = i);
+            i += 1;
+        } else {
+            let k = batch.min(n - i);
+            producer.batch_publish(k as usize, |iter| {
+                for (j, e) in iter.enumerate() {
+                    e.value = i + j as u64;
+                }
+            });
+            i += k;
+        }
+    }
+    while done.load(Ordering::Acquire) == 0 {
+        thread::yield_now();
+    }
+    let elapsed = start.elapsed();
+    drop(producer);
+    elapsed
+}
+
+fn crossbeam_unicast(n: u64) -> Duration {
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(RING);
+    let start = Instant::now();
+    let reader = thread::spawn(move || {
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(rx.recv().unwrap());
+        }
+        black_box(sum);
+    });
+    for i in 0..n {
+        tx.send(i).unwrap();
+    }
+    reader.join().unwrap();
+    start.elapsed()
+}
+
+fn tokio_mpsc_unicast(n: u64) -> Duration {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(RING);
+    let start = Instant::now();
+    let reader = thread::spawn(move || {
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(rx.blocking_recv().unwrap());
+        }
+        black_box(sum);
+    });
+    for i in 0..n {
+        tx.blocking_send(i).unwrap();
+    }
+    reader.join().unwrap();
+    start.elapsed()
+}
+
+// ----- multicast 1P-3C, pipeline 1P-3C ----------------------------------------------------
+
+fn eda_three_consumers(n: u64, pipeline: bool, strategy: WaitStrategy) -> Duration {
+    let (mut producer, ring) = ring::single_producer_with::<u64>(RING, strategy);
+    let mut consumers = Vec::new();
+    let first = ring.consumer();
+    if pipeline {
+        let second = ring.consumer_after(&[&first]);
+        let third = ring.consumer_after(&[&second]);
+        consumers.extend([first, second, third]);
+    } else {
+        consumers.extend([first, ring.consumer(), ring.consumer()]);
+    }
+    let start = Instant::now();
+    let readers: Vec<_> = consumers
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                let mut sum = 0u64;
+                let mut seen = 0;
+                while seen < n {
+                    c.wait().unwrap();
+                    seen += c.try_read_batch(RING, |_, v| sum = sum.wrapping_add(*v)) as u64;
+                }
+                black_box(sum);
+            })
+        })
+        .collect();
+    for i in 0..n {
+        producer.publish(i).unwrap();
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn disruptor_three_consumers(n: u64, pipeline: bool) -> Duration {
+    let done = Arc::new(AtomicU64::new(0));
+    let handler = |done: Arc<AtomicU64>| {
+        let mut seen = 0u64;
+        let mut sum = 0u64;
+        move |e: &Slot, _seq: disruptor::Sequence, _end: bool| {
+            sum = sum.wrapping_add(e.value);
+            seen += 1;
+            if seen == n {
+                black_box(sum);
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    };
+    fn drive(mut producer: impl disruptor::Producer<Slot>, n: u64, done: &AtomicU64) -> Duration {
+        let start = Instant::now();
+        for i in 0..n {
+            producer.publish(|e| e.value = i);
+        }
+        while done.load(Ordering::Acquire) < 3 {
+            thread::yield_now();
+        }
+        start.elapsed()
+    }
+    let builder = disruptor::build_single_producer(RING, Slot::default, DisruptorYield)
+        .handle_events_with(handler(done.clone()));
+    if pipeline {
+        let producer = builder
+            .and_then()
+            .handle_events_with(handler(done.clone()))
+            .and_then()
+            .handle_events_with(handler(done.clone()))
+            .build();
+        drive(producer, n, &done)
+    } else {
+        let producer = builder
+            .handle_events_with(handler(done.clone()))
+            .handle_events_with(handler(done.clone()))
+            .build();
+        drive(producer, n, &done)
+    }
+}
+
+fn broadcast_three(n: u64) -> Duration {
+    // Capacity for every event: receivers never lag and lose any (favours the baseline).
+    let (tx, _) = tokio::sync::broadcast::channel::<u64>(n as usize);
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut rx = tx.subscribe();
+            thread::spawn(move || {
+                let mut sum = 0u64;
+                for _ in 0..n {
+                    sum = sum.wrapping_add(rx.blocking_recv().unwrap());
+                }
+                black_box(sum);
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for i in 0..n {
+        tx.send(i).unwrap();
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    start.elapsed()
+}
+
+// ----- sequencer 3P-1C --------------------------------------------------------------------
+
+fn eda_sequencer(n: u64, strategy: WaitStrategy) -> Duration {
+    let per = n / 3;
+    let (producer, ring) = ring::multi_producer_with::<u64>(RING, strategy);
+    let mut consumer = ring.consumer();
+    let start = Instant::now();
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let p = producer.clone();
+            thread::spawn(move || {
+                for i in 0..per {
+                    p.publish(i).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = 0;
+    while seen < per * 3 {
+        consumer.wait().unwrap();
+        seen += consumer.try_read_batch(RING, |_, v| {
+            black_box(v);
+        }) as u64;
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn disruptor_sequencer(n: u64) -> Duration {
+    let per = n / 3;
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    let mut seen = 0u64;
+    let producer = disruptor::build_multi_producer(RING, Slot::default, DisruptorYield)
+        .handle_events_with(move |e: &Slot, _seq, _end| {
+            black_box(e.value);
+            seen += 1;
+            if seen == per * 3 {
+                d.store(1, Ordering::Release);
+            }
+        })
+        .build();
+    let start = Instant::now();
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut p = producer.clone();
+            thread::spawn(move || {
+                for i in 0..per {
+                    p.publish(|e| e.value = i);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    while done.load(Ordering::Acquire) == 0 {
+        thread::yield_now();
+    }
+    let elapsed = start.elapsed();
+    drop(producer);
+    elapsed
+}
+
+fn crossbeam_sequencer(n: u64) -> Duration {
+    let per = n / 3;
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(RING);
+    let start = Instant::now();
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for i in 0..per {
+                    tx.send(i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..per * 3 {
+        black_box(rx.recv().unwrap());
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    start.elapsed()
+}
+
+// ----- latency ----------------------------------------------------------------------------
+
+struct Latency {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    mean: f64,
+}
+
+fn histogram(samples: impl IntoIterator<Item = u64>) -> Latency {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    for s in samples {
+        h.saturating_record(s.max(1));
+    }
+    Latency {
+        p50: h.value_at_quantile(0.50),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        mean: h.mean(),
+    }
+}
+
+const PINGS: u64 = 200_000;
+
+fn eda_ping_pong(strategy: WaitStrategy) -> Latency {
+    let (mut ping, ping_ring) = ring::single_producer_with::<u64>(RING, strategy);
+    let (mut pong, pong_ring) = ring::single_producer_with::<u64>(RING, strategy);
+    let mut ping_rx = ping_ring.consumer();
+    let mut pong_rx = pong_ring.consumer();
+    let echo = thread::spawn(move || {
+        let mut left = PINGS;
+        while left > 0 {
+            ping_rx.wait().unwrap();
+            let mut got = Vec::new();
+            ping_rx.try_read_batch(RING, |_, v| got.push(*v));
+            for v in got {
+                pong.publish(v).unwrap();
+                left -= 1;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(PINGS as usize);
+    for i in 0..PINGS {
+        let t = Instant::now();
+        ping.publish(i).unwrap();
+        pong_rx.wait().unwrap();
+        pong_rx.try_read_batch(1, |_, v| assert_eq!(*v, i));
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    echo.join().unwrap();
+    histogram(samples)
+}
+
+fn crossbeam_ping_pong() -> Latency {
+    let (ping, ping_rx) = crossbeam_channel::bounded::<u64>(RING);
+    let (pong, pong_rx) = crossbeam_channel::bounded::<u64>(RING);
+    let echo = thread::spawn(move || {
+        for _ in 0..PINGS {
+            pong.send(ping_rx.recv().unwrap()).unwrap();
+        }
+    });
+    let mut samples = Vec::with_capacity(PINGS as usize);
+    for i in 0..PINGS {
+        let t = Instant::now();
+        ping.send(i).unwrap();
+        assert_eq!(pong_rx.recv().unwrap(), i);
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    echo.join().unwrap();
+    histogram(samples)
+}
+
+fn disruptor_ping_pong() -> Latency {
+    let pong_value = Arc::new(AtomicU64::new(u64::MAX));
+    let pv = pong_value.clone();
+    let mut pong = disruptor::build_single_producer(RING, Slot::default, disruptor::BusySpin)
+        .handle_events_with(move |e: &Slot, _seq, _end| pv.store(e.value, Ordering::Release))
+        .build();
+    let mut ping = disruptor::build_single_producer(RING, Slot::default, disruptor::BusySpin)
+        .handle_events_with(move |e: &Slot, _seq, _end| {
+            let v = e.value;
+            pong.publish(|p| p.value = v);
+        })
+        .build();
+    let mut samples = Vec::with_capacity(PINGS as usize);
+    for i in 0..PINGS {
+        let t = Instant::now();
+        ping.publish(|e| e.value = i);
+        while pong_value.load(Ordering::Acquire) != i {
+            std::hint::spin_loop();
+        }
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    drop(ping);
+    histogram(samples)
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    let m = |r: f64| format!("{:.1} M/s", r / 1e6);
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |scenario: &str, ours: f64, peers: &[(&str, f64)]| {
+        let ratios = peers
+            .iter()
+            .map(|(name, r)| format!("{:.2}× {name} ({})", ours / r, m(*r)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        rows.push((scenario.to_owned(), m(ours), ratios));
+    };
+
+    if wanted("unicast") {
+        let ours = rate(N, |n| eda_unicast(n, 1, WaitStrategy::Yielding));
+        let peer = rate(N, |n| disruptor_unicast(n, 1));
+        let cb = rate(N, crossbeam_unicast);
+        let mpsc = rate(N / 4, tokio_mpsc_unicast);
+        row(
+            "unicast 1P-1C, one at a time, yielding",
+            ours,
+            &[
+                ("disruptor", peer),
+                ("crossbeam bounded(1024)", cb),
+                ("tokio mpsc", mpsc),
+            ],
+        );
+        let ours = rate(N * 4, |n| eda_unicast(n, 64, WaitStrategy::Yielding));
+        let peer = rate(N * 4, |n| disruptor_unicast(n, 64));
+        row(
+            "unicast 1P-1C, batches of 64, yielding",
+            ours,
+            &[("disruptor batch", peer), ("crossbeam bounded(1024)", cb)],
+        );
+    }
+    if wanted("multicast") {
+        let ours = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Yielding));
+        let ours_blocking = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Blocking));
+        let peer = rate(N, |n| disruptor_three_consumers(n, false));
+        let bc = rate(N / 4, broadcast_three);
+        row(
+            "multicast 1P-3C, yielding",
+            ours,
+            &[("disruptor", peer), ("tokio broadcast", bc)],
+        );
+        row(
+            "multicast 1P-3C, blocking",
+            ours_blocking,
+            &[("tokio broadcast", bc)],
+        );
+    }
+    if wanted("pipeline") {
+        let ours = rate(N, |n| eda_three_consumers(n, true, WaitStrategy::Yielding));
+        let peer = rate(N, |n| disruptor_three_consumers(n, true));
+        row("pipeline 1P-3C, yielding", ours, &[("disruptor", peer)]);
+    }
+    if wanted("sequencer") {
+        let ours = rate(N, |n| eda_sequencer(n, WaitStrategy::Yielding));
+        let ours_blocking = rate(N, |n| eda_sequencer(n, WaitStrategy::Blocking));
+        let peer = rate(N, disruptor_sequencer);
+        let cb = rate(N, crossbeam_sequencer);
+        row(
+            "sequencer 3P-1C, yielding",
+            ours,
+            &[("disruptor", peer), ("crossbeam bounded(1024)", cb)],
+        );
+        row(
+            "sequencer 3P-1C, blocking",
+            ours_blocking,
+            &[("crossbeam bounded(1024)", cb)],
+        );
+    }
+
+    println!("\n| scenario | eda ring | eda ÷ peer (peer rate) |");
+    println!("|---|---:|---|");
+    for (s, r, ratios) in &rows {
+        println!("| {s} | {r} | {ratios} |");
+    }
+
+    if wanted("latency") {
+        println!("\n| ping-pong round trip ({PINGS} pings) | mean | p50 | p99 | p99.9 |");
+        println!("|---|---:|---:|---:|---:|");
+        for (name, l) in [
+            ("eda ring, busy-spin", eda_ping_pong(WaitStrategy::BusySpin)),
+            ("eda ring, yielding", eda_ping_pong(WaitStrategy::Yielding)),
+            ("disruptor, busy-spin", disruptor_ping_pong()),
+            ("crossbeam bounded", crossbeam_ping_pong()),
+        ] {
+            println!(
+                "| {name} | {:.0} ns | {} ns | {} ns | {} ns |",
+                l.mean, l.p50, l.p99, l.p999
+            );
+        }
+    }
+}
