@@ -24,7 +24,8 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
                  \x20                 ring stress (release), loom models, docs\n\
-                 bench [filter]   benchmarks with in-run baselines (release build)\n\
+                 bench [bus|ring] [filter]\n\
+                 \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
             );
@@ -193,11 +194,19 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask bench [bus|ring] [filter]`: both benchmark programs by default.
 fn bench(args: &[String]) -> Result<(), String> {
-    let mut cmd = cargo();
-    cmd.args(["bench", "-p", "eda-dispatch", "--bench", "bus", "--"]);
-    cmd.args(args);
-    run("benchmarks", &mut cmd)
+    let (benches, filter): (Vec<&str>, &[String]) = match args.first().map(String::as_str) {
+        Some(b @ ("bus" | "ring")) => (vec![b], &args[1..]),
+        _ => (vec!["bus", "ring"], args),
+    };
+    for bench in benches {
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", "eda-dispatch", "--bench", bench, "--"]);
+        cmd.args(filter);
+        run(&format!("benchmark `{bench}`"), &mut cmd)?;
+    }
+    Ok(())
 }
 
 /// A service a test suite talks to.

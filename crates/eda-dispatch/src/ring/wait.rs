@@ -18,13 +18,17 @@ pub enum WaitStrategy {
     /// Spin briefly, then yield the thread to the scheduler.
     #[default]
     Yielding,
-    /// Park on a condition variable until a producer signals.
+    /// Spin and yield briefly, then park on a condition variable until signalled
+    /// (async consumers: register and await). Never burns a core while idle, and while
+    /// events flow it rarely parks, so publishers rarely pay for a wake-up.
     Blocking,
 }
 
 /// Spins before yielding in [`WaitStrategy::Yielding`] (none under loom, where every
 /// spin is a scheduling branch).
 const SPIN_TRIES: u32 = if cfg!(loom) { 0 } else { 100 };
+/// Yields before parking in [`WaitStrategy::Blocking`].
+const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
 
 /// Wakes waiters of one condition ("data published" or "space freed").
 ///
@@ -133,6 +137,18 @@ impl WaitStrategy {
                 }
             }
             Self::Blocking => {
+                for _ in 0..SPIN_TRIES {
+                    if ready() {
+                        return;
+                    }
+                    spin_loop();
+                }
+                for _ in 0..YIELD_TRIES {
+                    if ready() {
+                        return;
+                    }
+                    yield_now();
+                }
                 notifier.wait_until(ready, None);
             }
         }
