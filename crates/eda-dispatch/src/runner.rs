@@ -96,6 +96,53 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The deadline of an attempt passed.
+struct TimedOut;
+
+pin_project_lite::pin_project! {
+    /// `tokio::time::timeout_at` that arms its timer only when the inner future is still
+    /// pending after a poll: most handlers finish on their first poll and never pay for
+    /// a timer entry.
+    struct LazyTimeout<F> {
+        #[pin]
+        fut: F,
+        deadline: Option<Instant>,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F> LazyTimeout<F> {
+    fn new(fut: F, deadline: Option<Instant>) -> Self {
+        Self {
+            fut,
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+impl<F: Future> Future for LazyTimeout<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let Some(deadline) = *this.deadline else {
+            return Poll::Pending;
+        };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 /// Polls `fut` once; the caller keeps it if it is still pending.
 async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
@@ -273,12 +320,9 @@ where
                     Err(panic) => return Err(Failure::Panic(panic_message(&*panic))),
                 };
                 let fut = CURRENT_EVENT.scope(current, AssertUnwindSafe(fut).catch_unwind());
-                let result = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, fut).await {
-                        Ok(result) => result,
-                        Err(_) => return Err(Failure::Timeout(timeout)),
-                    },
-                    None => fut.await,
+                let result = match LazyTimeout::new(fut, deadline).await {
+                    Ok(result) => result,
+                    Err(TimedOut) => return Err(Failure::Timeout(timeout)),
                 };
                 match result {
                     Ok(result) => result.map_err(Failure::Error),
