@@ -288,7 +288,7 @@ fn main() {
                     ("(a) seed spawn per handler", spawn),
                     ("(b) tokio broadcast", broadcast),
                 ],
-                features: "timeout 30 s, panic catching, retries armed (3), gate, bounded queue 1024",
+                features: "timeout 30 s, panic catching, retries armed (3), gate, topic ring 1024",
             });
             rows.push(Row {
                 scenario: format!("async, {subs} subscriber(s), no timeout"),
@@ -297,7 +297,7 @@ fn main() {
                     ("(a) seed spawn per handler", spawn),
                     ("(b) tokio broadcast", broadcast),
                 ],
-                features: "panic catching, retries armed (3), gate, bounded queue 1024",
+                features: "panic catching, retries armed (3), gate, topic ring 1024",
             });
         }
     }
