@@ -33,6 +33,8 @@ use crate::topic::{Backpressure, Published, Topic, lock};
 
 /// Events a processor reads from its ring at most at once.
 const MAX_BATCH: usize = 256;
+/// Backlog of a [`Backpressure::DropOldest`] group before it drops its oldest events.
+const LOSSY_BACKLOG: usize = 1024;
 
 pub(crate) struct Group<M, A> {
     pub(crate) name: Arc<str>,
@@ -209,6 +211,10 @@ where
         self.in_flight.len() + self.parked + usize::from(self.stalled.is_some())
     }
 
+    fn lossy(&self) -> bool {
+        self.group.policy == Backpressure::DropOldest
+    }
+
     fn keyed(&self) -> bool {
         self.group.balancer == Balancer::KeyHash
     }
@@ -376,6 +382,14 @@ where
                 .deliveries
                 .fetch_add(taken as u64, Ordering::Relaxed);
         }
+        if self.lossy() && self.backlog.len() > LOSSY_BACKLOG {
+            let excess = self.backlog.len() - LOSSY_BACKLOG;
+            self.backlog.drain(..excess);
+            self.group
+                .counters
+                .dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+        }
         n
     }
 
@@ -388,9 +402,20 @@ where
             self.refresh();
             self.drain_backlog();
             let finishing = group.removed.is_cancelled();
-            let can_read = !finishing && !closed && self.backlog.is_empty() && self.can_dispatch();
+            let lossy = self.lossy();
+            // A lossy group reads whatever its members' state (dropping its oldest events
+            // past LOSSY_BACKLOG), so it never holds publishers back for long.
+            let can_read = !finishing
+                && !closed
+                && (lossy || (self.backlog.is_empty() && self.can_dispatch()));
             if can_read && self.read() > 0 {
-                continue;
+                if lossy {
+                    // Let other tasks run between batches; the select below then polls
+                    // this group's in-flight handlers before reading again.
+                    tokio::task::consume_budget().await;
+                } else {
+                    continue;
+                }
             }
             if (closed || finishing) && self.busy() == 0 && (finishing || self.backlog.is_empty()) {
                 break;

@@ -19,6 +19,11 @@ pub enum Backpressure {
     Block,
     /// `publish` fails at once with `PublishError::Full` naming the group.
     Fail,
+    /// For lossy groups: the group keeps reading into a bounded backlog (1024 events)
+    /// and, when its members fall behind that, drops its own oldest unhandled events
+    /// (counted as not delivered). Publishers wait for it only as long as its processor
+    /// task takes to be scheduled; other groups still get everything.
+    DropOldest,
 }
 
 /// One published event in a ring slot, shared by every group of the topic.

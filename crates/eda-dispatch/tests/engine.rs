@@ -290,3 +290,73 @@ async fn weighted_group_shares_by_weight() {
     assert!((share("b") - 1.0 / 3.0).abs() < 0.01, "{counts:?}");
     assert!((share("c") - 1.0 / 6.0).abs() < 0.01, "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_group_drops_its_oldest_instead_of_blocking_publishers() {
+    const EVENTS: u64 = 20_000;
+    let bus = Bus::builder()
+        .queue_capacity(64)
+        .dispatch_timeout(Duration::from_secs(2))
+        .build();
+    let all = Arc::new(AtomicU64::new(0));
+    let a = all.clone();
+    let _complete = bus
+        .subscribe_with(
+            SubscribeOptions::new().name("audit"),
+            move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
+                a.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            },
+        )
+        .unwrap();
+    let lossy_seen = Arc::new(AtomicU64::new(0));
+    let l = lossy_seen.clone();
+    let _lossy = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .name("dashboard")
+                .backpressure(Backpressure::DropOldest)
+                .no_timeout(),
+            move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
+                let l = l.clone();
+                async move {
+                    // Far slower than the publisher.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    l.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..EVENTS {
+        // Never waits the dispatch timeout: the lossy group does not hold publishers back.
+        bus.publish(common::order(i))
+            .await
+            .expect("publish blocked by the lossy group");
+    }
+    let publish_time = started.elapsed();
+    let report = bus.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(
+        all.load(Ordering::SeqCst),
+        EVENTS,
+        "the complete group got everything"
+    );
+    let lossy = lossy_seen.load(Ordering::SeqCst);
+    assert!(
+        lossy < EVENTS / 2,
+        "the lossy group handled {lossy}: nothing was dropped?"
+    );
+    let s = report.stats;
+    assert_eq!(s.deliveries, 2 * EVENTS, "{s:?}");
+    assert_eq!(s.delivered, EVENTS + lossy, "{s:?}");
+    assert_eq!(
+        s.not_delivered,
+        EVENTS - lossy,
+        "the lossy group's drops are counted: {s:?}"
+    );
+    assert!(
+        publish_time < Duration::from_secs(20),
+        "publishing took {publish_time:?}"
+    );
+}
