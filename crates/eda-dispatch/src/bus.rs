@@ -567,8 +567,9 @@ impl Bus {
 
     /// Subscribes an async handler to events of type `E`.
     ///
-    /// It runs on its own task, bounded by the group's queue, with the lifecycle of
-    /// `options`: per-attempt timeout, retries with backoff, then the dead-letter sink.
+    /// Its group's processor takes events from the topic's ring and runs each through
+    /// the lifecycle of `options`: per-attempt timeout, retries with backoff, then the
+    /// dead-letter sink.
     pub fn subscribe_with<E, H>(
         &self,
         options: SubscribeOptions,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use eda_core::{
     BoxFuture, Context, DeadLetter, DeadLetterSink, Endpoint, EventInfo, Handler, HandlerError,
-    HandlerResult, Middleware, Next, RawEvent, SubscriptionInfo, Timestamp,
+    HandlerResult, Middleware, Next, SubscriptionInfo, Timestamp,
 };
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
@@ -158,7 +158,8 @@ where
             Item::Event(event) => event,
             Item::Undecodable { raw, reason } => {
                 let reason = format!("undecodable event: {reason}");
-                self.dead_letter((*raw).clone(), 0, reason).await;
+                let sent = self.dead_letter(&*raw, 0, reason).await;
+                self.count_dead_letter(sent);
                 return None;
             }
         };
@@ -167,7 +168,8 @@ where
             if age > ttl.as_millis() as i64 {
                 bump(&self.counters.expired);
                 let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
-                self.send_dead_letter(&*event, 0, reason).await;
+                // Counted as expired whether or not the sink took it.
+                self.dead_letter(&*event, 0, reason).await;
                 return None;
             }
         }
@@ -188,17 +190,8 @@ where
                     );
                 }
                 DeliveryMode::AtLeastOnce => {
-                    let raw = event.to_raw_event();
-                    match raw {
-                        Ok(raw) => self.dead_letter(raw, attempts, reason).await,
-                        Err(e) => {
-                            bump(&self.counters.failed);
-                            tracing::error!(
-                                subscription = %self.info.name(), event_id = %event.id(),
-                                error = %e, %reason, "cannot encode failed event for the dead-letter sink"
-                            );
-                        }
-                    }
+                    let sent = self.dead_letter(&*event, attempts, reason).await;
+                    self.count_dead_letter(sent);
                 }
             },
         }
@@ -356,41 +349,36 @@ where
         }
     }
 
-    async fn send_dead_letter(&self, event: &M, attempts: u32, reason: String) {
-        match event.to_raw_event() {
-            Ok(raw) => {
-                let letter = DeadLetter::new(
-                    raw,
-                    self.info.topic().to_string(),
-                    self.info.name().to_string(),
-                    attempts,
-                    reason,
+    /// Hands the event to the dead-letter sink; `false` (and logged) when it could not be
+    /// encoded or the sink failed.
+    async fn dead_letter(&self, event: &dyn EventInfo, attempts: u32, reason: String) -> bool {
+        let raw = match event.to_raw_event() {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::error!(
+                    subscription = %self.info.name(), event_id = %event.id(), error = %e, %reason,
+                    "cannot encode event for the dead-letter sink; event dropped"
                 );
-                if let Err(e) = self.dead_letters.send(letter).await {
-                    tracing::error!(subscription = %self.info.name(), error = %e, "dead-letter sink failed");
-                }
+                return false;
             }
-            Err(e) => tracing::error!(
-                subscription = %self.info.name(), event_id = %event.id(), error = %e, %reason,
-                "cannot encode event for the dead-letter sink"
-            ),
+        };
+        let topic = self.info.topic().to_string();
+        let letter = DeadLetter::new(raw, topic, self.info.name().to_string(), attempts, reason);
+        match self.dead_letters.send(letter).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(subscription = %self.info.name(), error = %e, "dead-letter sink failed; event dropped");
+                false
+            }
         }
     }
 
-    async fn dead_letter(&self, raw: RawEvent, attempts: u32, reason: String) {
-        let letter = DeadLetter::new(
-            raw,
-            self.info.topic().to_string(),
-            self.info.name().to_string(),
-            attempts,
-            reason,
-        );
-        match self.dead_letters.send(letter).await {
-            Ok(()) => bump(&self.counters.dead_lettered),
-            Err(e) => {
-                bump(&self.counters.failed);
-                tracing::error!(subscription = %self.info.name(), error = %e, "dead-letter sink failed; event dropped");
-            }
-        }
+    /// Counts a dead letter the sink took, or a failure when it could not.
+    fn count_dead_letter(&self, sent: bool) {
+        bump(if sent {
+            &self.counters.dead_lettered
+        } else {
+            &self.counters.failed
+        });
     }
 }

@@ -105,28 +105,7 @@ impl<T: Send + Sync> SingleProducer<T> {
 
     /// Waits (asynchronously) until one event fits.
     pub async fn room(&self) -> Result<(), Closed> {
-        poll_fn(|cx| {
-            if self.ring.is_closed() {
-                return Poll::Ready(Err(Closed));
-            }
-            if self.room_for(1) {
-                return Poll::Ready(Ok(()));
-            }
-            if !self.ring.signals() {
-                // Nobody signals a spinning ring: poll again soon.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            self.ring.space.register(cx.waker());
-            if self.ring.is_closed() {
-                Poll::Ready(Err(Closed))
-            } else if self.room_for(1) {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        wait_for_room(&self.ring, || self.room_for(1)).await
     }
 }
 
@@ -233,26 +212,33 @@ impl<T: Send + Sync> MultiProducer<T> {
     /// Waits (asynchronously) until one event fits; with other producers racing, the
     /// following `try_publish` may still find the ring full.
     pub async fn room(&self) -> Result<(), Closed> {
-        poll_fn(|cx| {
-            if self.ring.is_closed() {
-                return Poll::Ready(Err(Closed));
-            }
-            if self.has_room_for(1) {
-                return Poll::Ready(Ok(()));
-            }
-            if !self.ring.signals() {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            self.ring.space.register(cx.waker());
-            if self.ring.is_closed() {
-                Poll::Ready(Err(Closed))
-            } else if self.has_room_for(1) {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        wait_for_room(&self.ring, || self.has_room_for(1)).await
     }
+}
+
+/// Waits without a thread until `room()` holds or the ring closes. A blocking ring
+/// wakes the task when a consumer makes progress; a spinning one is re-polled.
+async fn wait_for_room<T>(ring: &RingBuffer<T>, room: impl Fn() -> bool) -> Result<(), Closed> {
+    poll_fn(|cx| {
+        if ring.is_closed() {
+            return Poll::Ready(Err(Closed));
+        }
+        if room() {
+            return Poll::Ready(Ok(()));
+        }
+        if !ring.signals() {
+            // Nobody signals a spinning ring: poll again soon.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ring.space.register(cx.waker());
+        if ring.is_closed() {
+            Poll::Ready(Err(Closed))
+        } else if room() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
