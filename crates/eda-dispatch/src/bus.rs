@@ -986,6 +986,17 @@ impl Bus {
     }
 }
 
+impl Drop for Inner {
+    /// The last `Bus` handle is gone without `shutdown`: close every ring, so that group
+    /// processors hand out what was published, then stop (instead of waiting forever).
+    fn drop(&mut self) {
+        let registry = self.registry.get_mut().unwrap_or_else(|p| p.into_inner());
+        for topic in registry.topics.values() {
+            topic.ring.close();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Registry updates are small and complete; a panic elsewhere cannot leave them half done.
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -948,3 +948,33 @@ async fn publish_batch_returns_ids_in_order() {
     sorted.sort();
     assert_eq!(sorted, ids, "v7 ids sort in publish order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_bus_without_shutdown_stops_its_tasks() {
+    let bus = Bus::new();
+    let witness = Arc::new(());
+    let handled = Arc::new(AtomicU64::new(0));
+    let (w, h) = (witness.clone(), handled.clone());
+    let sub = bus
+        .subscribe(move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
+            let _keep = &w;
+            h.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .unwrap();
+    for i in 0..100 {
+        bus.publish(order(i)).await.unwrap();
+    }
+    drop(bus);
+    // The processor hands out what was published, then stops and frees the handler.
+    let started = tokio::time::Instant::now();
+    while Arc::strong_count(&witness) > 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "processor still running"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handled.load(Ordering::SeqCst), 100);
+    drop(sub); // a guard outliving its bus is harmless
+}
