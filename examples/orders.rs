@@ -2,8 +2,10 @@
 //!
 //! `order.created` → inventory reserve (sync, inline) → notification and analytics
 //! (async; analytics is slow) → a fraud check that keeps failing and ends in the
-//! dead-letter sink. The inventory handler publishes `inventory.reserved`, which
-//! inherits the order's correlation id and trace.
+//! dead-letter sink → a `shipping` group of two members that share the orders by
+//! customer (KeyHash: each customer's orders in order, customers in parallel). The
+//! inventory handler publishes `inventory.reserved`, which inherits the order's
+//! correlation id and trace.
 //!
 //! Run: `cargo run --release --example orders`
 
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eda::prelude::*;
-use eda::{MemoryDeadLetters, PublishError};
+use eda::{Balancer, MemoryDeadLetters, PublishError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +131,37 @@ async fn main() -> Result<(), eda::Error> {
         },
     )?);
 
+    // Shipping: one group, two members; the same customer always goes to the same
+    // member, one order at a time, in publish order.
+    let shipped: Arc<Mutex<BTreeMap<String, Vec<u64>>>> = Arc::default();
+    for member in ["shipping-a", "shipping-b"] {
+        let (s, shipped) = (seen.clone(), shipped.clone());
+        subscriptions.push(
+            bus.subscribe_with(
+                SubscribeOptions::new()
+                    .name(member)
+                    .group("shipping")
+                    .balancer(Balancer::KeyHash)
+                    .concurrency(4),
+                move |e: Arc<Envelope<OrderCreated>>, ctx: Context| {
+                    let (s, shipped) = (s.clone(), shipped.clone());
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(e.payload.order_id % 3)).await;
+                        s.add("shipping (group of 2)", e.payload.order_id);
+                        let who = format!("{} <- {}", ctx.subscription(), e.payload.customer);
+                        shipped
+                            .lock()
+                            .unwrap()
+                            .entry(who)
+                            .or_default()
+                            .push(e.payload.order_id);
+                        Ok(())
+                    }
+                },
+            )?,
+        );
+    }
+
     // Follow-up events: the causing order's correlation id comes along.
     let s = seen.clone();
     subscriptions.push(bus.subscribe_sync_with(
@@ -162,6 +195,10 @@ async fn main() -> Result<(), eda::Error> {
     println!("\nwhat each handler saw:");
     for (who, ids) in seen.0.lock().unwrap().iter() {
         println!("  {who:<24} {:>3} events: {:?}", ids.len(), ids);
+    }
+    println!("\nshipping by customer (KeyHash: one member per customer, orders in sequence):");
+    for (who, ids) in shipped.lock().unwrap().iter() {
+        println!("  {who:<32} {ids:?}");
     }
     println!("\ndead letters ({}):", dead_letters.total());
     for letter in dead_letters.letters() {

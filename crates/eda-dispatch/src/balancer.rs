@@ -65,7 +65,11 @@ impl BalancerState {
     pub(crate) fn pick(&mut self, members: &[MemberLoad], key: Option<&str>) -> usize {
         let n = members.len();
         match (self.kind, key) {
-            (Balancer::KeyHash, Some(key)) => (key_hash(key) % n as u64) as usize,
+            // Multiply-shift range reduction uses the hash's high bits (`% n` would use
+            // only its low ones).
+            (Balancer::KeyHash, Some(key)) => {
+                ((u128::from(key_hash(key)) * n as u128) >> 64) as usize
+            }
             (Balancer::RoundRobin | Balancer::KeyHash, _) => {
                 let i = self.next % n;
                 self.next = self.next.wrapping_add(1);
@@ -169,6 +173,22 @@ mod tests {
             .map(|k| b.pick(&m, Some(&format!("k{k}"))))
             .collect();
         assert_eq!(used.len(), 4);
+    }
+
+    #[test]
+    fn key_hash_spreads_evenly_over_few_members() {
+        let mut b = BalancerState::new(Balancer::KeyHash);
+        for n in [2usize, 3, 5] {
+            let m = loads(&vec![1; n]);
+            let mut counts = vec![0usize; n];
+            for k in 0..3000 {
+                counts[b.pick(&m, Some(&format!("customer-{k}")))] += 1;
+            }
+            let expected = 3000 / n;
+            for c in &counts {
+                assert!(c.abs_diff(expected) < expected / 10, "n={n}: {counts:?}");
+            }
+        }
     }
 
     #[test]

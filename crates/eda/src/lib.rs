@@ -61,9 +61,9 @@ pub use eda_core::{
     RawEvent, SyncHandler, Timestamp, TraceParent, dead_letter_topic, validate_extension_name,
 };
 pub use eda_dispatch::{
-    Bus, BusBuilder, BusConfig, BusStats, DeliveryMode, Executor, PublishError, RetryPolicy,
-    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SyncFailure, TopicConfig,
-    TypePattern, current_cause,
+    Backpressure, Balancer, Bus, BusBuilder, BusConfig, BusStats, DeliveryMode, Executor,
+    PublishError, RetryPolicy, ShutdownReport, SubscribeError, SubscribeOptions, Subscription,
+    SyncFailure, TopicConfig, TypePattern, current_cause,
 };
 
 /// The vocabulary crate, for what the facade does not re-export.
@@ -74,5 +74,7 @@ pub use eda_dispatch as dispatch;
 /// The names most programs need: `use eda::prelude::*;`.
 pub mod prelude {
     pub use eda_core::{Context, Envelope, Event, EventId, HandlerError, HandlerResult, RawEvent};
-    pub use eda_dispatch::{Bus, DeliveryMode, RetryPolicy, SubscribeOptions, Subscription};
+    pub use eda_dispatch::{
+        Backpressure, Balancer, Bus, DeliveryMode, RetryPolicy, SubscribeOptions, Subscription,
+    };
 }
