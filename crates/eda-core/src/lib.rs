@@ -33,6 +33,7 @@ mod handler;
 mod id;
 mod metadata;
 mod raw;
+mod store;
 
 pub use codec::{Codec, ContentCodec, JSON, JsonCodec, POSTCARD, PostcardCodec};
 pub use context::{Context, SubscriptionInfo};
@@ -50,6 +51,10 @@ pub use handler::{
 pub use id::{EventId, Timestamp};
 pub use metadata::{Cause, Metadata, RESERVED_NAMES, TraceParent, validate_extension_name};
 pub use raw::RawEvent;
+pub use store::{
+    AckHandle, ConsumeOptions, Delivery, DeliveryStream, EventStore, Features, LeaseStore,
+    OffsetStore, Position, ReadRange, StartFrom, StoreError, Undecodable,
+};
 
 /// Re-exported so users and stores name the same versions.
 pub use bytes::Bytes;

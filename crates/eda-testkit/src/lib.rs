@@ -1,0 +1,22 @@
+//! Testing tools for eda stores: the conformance suite every store must pass
+//! ([`conformance`], [`conformance_tests!`]) and [`MemoryStore`], the store contract in
+//! memory, which passes it.
+//!
+//! ```
+//! use eda_core::{EventStore, Envelope, JsonCodec};
+//! use eda_testkit::{MemoryStore, conformance::Probe};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new();
+//! let record = Envelope::new(Probe { n: 1, key: "k".into() }).to_raw(&JsonCodec).unwrap();
+//! let positions = store.append("orders", vec![record]).await.unwrap();
+//! assert_eq!(positions.len(), 1);
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+mod memory;
+
+pub use conformance::Harness;
+pub use memory::MemoryStore;
