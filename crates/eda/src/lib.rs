@@ -41,11 +41,12 @@
 //! | crate | what |
 //! |---|---|
 //! | `eda-core` | events, CloudEvents envelopes, codecs, handler/middleware/interceptor traits |
-//! | `eda-dispatch` | the in-process [`Bus`], subscriptions, lifecycle |
+//! | `eda-dispatch` | the in-process [`Bus`] on a ring buffer, groups, lifecycle |
+//! | `eda-store-sqlite` | durable topics in an SQLite file (feature `sqlite`) |
 //!
 //! ## Features
-//! `default` is the in-process bus only. `full` turns on every backend as they are
-//! added (`sqlite`, `redis`, `kafka`, `dedup`, `observe`).
+//! `default` is the in-process bus only; `sqlite` adds the SQLite store; `full` turns on
+//! every backend as they are added (`redis`, `kafka`, `dedup`, `observe` to come).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -68,6 +69,16 @@ pub use eda_dispatch::{
 
 /// The vocabulary crate, for what the facade does not re-export.
 pub use eda_core as core;
+/// The SQLite store.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use eda_store_sqlite as sqlite;
+
+pub use eda_core::{
+    ConsumeOptions, Delivery, DeliveryStream, EventStore, Features, LeaseStore, OffsetStore,
+    Position, ReadRange, StartFrom, StoreError,
+};
+
 /// The engine crate, for what the facade does not re-export.
 pub use eda_dispatch as dispatch;
 

@@ -1,0 +1,737 @@
+//! The SQLite store of [eda](https://docs.rs/eda): durable topics in one file, consumer
+//! groups shared by any number of processes, visibility timeouts, crash-proof attempt
+//! counts, replay. It implements [`EventStore`], [`OffsetStore`] and [`LeaseStore`] and
+//! passes the `eda-testkit` conformance suite.
+//!
+//! Events are rows with one column per CloudEvents attribute (`id`, `source`, `type`,
+//! `time`, `datacontenttype`, `partitionkey`, ...), other extensions as a JSON object and
+//! the data as a BLOB, so `sqlite3` shows them without eda. The schema is created by
+//! embedded sqlx migrations. WAL journal, `synchronous=NORMAL` by default (FULL
+//! optional).
+//!
+//! ```
+//! use eda_core::{ConsumeOptions, Envelope, EventStore, JsonCodec, StartFrom};
+//! use eda_store_sqlite::SqliteStore;
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Ping { n: u32 }
+//! # impl eda_core::Event for Ping { const TYPE: &'static str = "ping"; }
+//! use futures_util::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path().join("events.db")).await?;
+//! let record = Envelope::new(Ping { n: 1 }).to_raw(&JsonCodec)?;
+//! store.append("pings", vec![record]).await?;
+//!
+//! let options = ConsumeOptions { start: StartFrom::Beginning, ..Default::default() };
+//! let mut deliveries = store.subscribe("pings", "counter", "worker-1", options).await?;
+//! let delivery = deliveries.next().await.unwrap()?;
+//! assert_eq!(delivery.attempt, 1);
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eda_core::{
+    AckHandle, BoxFuture, Bytes, ConsumeOptions, Delivery, DeliveryStream, EventId, EventStore,
+    Features, LeaseStore, Metadata, OffsetStore, Position, RawEvent, ReadRange, StartFrom,
+    StoreError, Timestamp, Undecodable,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Notify;
+
+/// How often a consumer with nothing to do checks the file for work from other
+/// processes (appends in this process wake it at once).
+const POLL: Duration = Duration::from_millis(50);
+/// Rows per multi-row INSERT (17 columns; SQLite allows 32,766 parameters).
+const INSERT_CHUNK: usize = 500;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn position(seq: i64) -> Position {
+    Position::new(seq.to_string())
+}
+
+fn seq_of(position: &Position) -> Result<i64, StoreError> {
+    position
+        .as_str()
+        .parse()
+        .map_err(|_| StoreError::Invalid(format!("`{position}` is not an SQLite position")))
+}
+
+/// Options of a [`SqliteStore`].
+#[derive(Clone, Debug)]
+pub struct SqliteStoreBuilder {
+    path: std::path::PathBuf,
+    full_sync: bool,
+    max_record_bytes: usize,
+    busy_timeout: Duration,
+    max_connections: u32,
+}
+
+impl SqliteStoreBuilder {
+    /// `synchronous=FULL`: every commit survives a power loss (default NORMAL: survives
+    /// a crash of the process, may lose the last commits on power loss).
+    pub fn full_sync(mut self, on: bool) -> Self {
+        self.full_sync = on;
+        self
+    }
+    /// Largest record accepted, as CloudEvents JSON (default 1 MiB).
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+    /// How long an operation waits for a lock held by another connection or process
+    /// before failing with `StoreError::Unavailable` (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+    /// Connections in the pool (default 4).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+    /// Opens (creating if needed) the file and applies the migrations.
+    pub async fn open(self) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if self.full_sync {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(self.busy_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(self.max_connections)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrating the schema: {e}")))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                pool,
+                notify: Notify::new(),
+                max_record_bytes: self.max_record_bytes,
+            }),
+        })
+    }
+}
+
+/// Durable topics in an SQLite file. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    notify: Notify,
+    max_record_bytes: usize,
+}
+
+impl SqliteStore {
+    /// Options for the file at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            full_sync: false,
+            max_record_bytes: 1024 * 1024,
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+        }
+    }
+
+    /// Opens (creating if needed) the file at `path` with default options.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::builder(path).open().await
+    }
+
+    /// The connection pool, e.g. for the caller's own queries in the same file.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// Inserts a row as given, without validation: for tests of records that another
+    /// tool wrote (an id that is not a UUID, data that does not decode).
+    pub async fn insert_unchecked(
+        &self,
+        topic: &str,
+        id: &str,
+        event_type: &str,
+        data: &[u8],
+    ) -> Result<Position, StoreError> {
+        let now = Timestamp::now();
+        let row = sqlx::query(
+            "INSERT INTO eda_events (topic, id, source, type, time, time_ms, data) \
+             VALUES (?, ?, 'unknown', ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(topic)
+        .bind(id)
+        .bind(event_type)
+        .bind(now.to_rfc3339())
+        .bind(now.unix_millis())
+        .bind(data)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(unavailable)?;
+        self.inner.notify.notify_waiters();
+        Ok(position(row.get::<i64, _>(0)))
+    }
+
+    /// Takes up to `max` deliveries for the group: timed-out and nacked ones first,
+    /// then new records, in one write transaction (safe across processes).
+    async fn take(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        visibility: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let now = now_ms();
+        let deadline = now + visibility.as_millis() as i64;
+        let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+        // Write first, so the transaction holds the write lock from its first statement
+        // (a deferred read-then-write transaction can fail to upgrade under WAL).
+        sqlx::query("UPDATE eda_groups SET next_seq = next_seq WHERE topic = ? AND grp = ?")
+            .bind(topic)
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut picked: Vec<(i64, i64, i64)> = Vec::new(); // (seq, attempt, token)
+        let again: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT seq, attempts FROM eda_inflight WHERE topic = ? AND grp = ? \
+             AND (deadline_ms IS NULL OR deadline_ms <= ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(topic)
+        .bind(group)
+        .bind(now)
+        .bind(max as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        for (seq, attempts) in again {
+            let token = fastrand::i64(1..);
+            sqlx::query(
+                "UPDATE eda_inflight SET attempts = ?, holder = ?, deadline_ms = ?, token = ? \
+                 WHERE topic = ? AND grp = ? AND seq = ?",
+            )
+            .bind(attempts + 1)
+            .bind(consumer)
+            .bind(deadline)
+            .bind(token)
+            .bind(topic)
+            .bind(group)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            picked.push((seq, attempts + 1, token));
+        }
+        let room = max.saturating_sub(picked.len());
+        if room > 0 {
+            let next: i64 =
+                sqlx::query_scalar("SELECT next_seq FROM eda_groups WHERE topic = ? AND grp = ?")
+                    .bind(topic)
+                    .bind(group)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .unwrap_or(0);
+            let fresh: Vec<i64> = sqlx::query_scalar(
+                "SELECT seq FROM eda_events WHERE topic = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            )
+            .bind(topic)
+            .bind(next)
+            .bind(room as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if let Some(last) = fresh.last() {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO eda_inflight (topic, grp, seq, attempts, holder, deadline_ms, token) ",
+                );
+                let tokens: Vec<i64> = fresh.iter().map(|_| fastrand::i64(1..)).collect();
+                insert.push_values(fresh.iter().zip(&tokens), |mut b, (seq, token)| {
+                    b.push_bind(topic)
+                        .push_bind(group)
+                        .push_bind(*seq)
+                        .push_bind(1i64)
+                        .push_bind(consumer)
+                        .push_bind(deadline)
+                        .push_bind(*token);
+                });
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("UPDATE eda_groups SET next_seq = ? WHERE topic = ? AND grp = ?")
+                    .bind(last + 1)
+                    .bind(topic)
+                    .bind(group)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                picked.extend(fresh.iter().zip(tokens).map(|(s, t)| (*s, 1, t)));
+            }
+        }
+        tx.commit().await.map_err(unavailable)?;
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM eda_events WHERE seq IN (");
+        let mut list = select.separated(", ");
+        for (seq, _, _) in &picked {
+            list.push_bind(*seq);
+        }
+        select.push(")");
+        let rows = select
+            .build()
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+        let mut by_seq: std::collections::HashMap<i64, SqliteRow> = rows
+            .into_iter()
+            .map(|r| (r.get::<i64, _>("seq"), r))
+            .collect();
+        picked.sort_unstable();
+        Ok(picked
+            .into_iter()
+            .filter_map(|(seq, attempt, token)| {
+                let row = by_seq.remove(&seq)?;
+                Some(Delivery::new(
+                    position(seq),
+                    attempt as u32,
+                    decode_row(&row),
+                    Box::new(SqliteAck {
+                        store: self.clone(),
+                        topic: topic.to_owned(),
+                        group: group.to_owned(),
+                        seq,
+                        token,
+                    }),
+                ))
+            })
+            .collect())
+    }
+}
+
+/// The event in a row, or why it is not one.
+fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
+    let attempt = || -> Result<RawEvent, String> {
+        let text = |name: &str| row.try_get::<String, _>(name).map_err(|e| e.to_string());
+        let opt = |name: &str| {
+            row.try_get::<Option<String>, _>(name)
+                .map_err(|e| e.to_string())
+        };
+        let id: EventId = text("id")?
+            .parse()
+            .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
+        let time = Timestamp::parse_rfc3339(&text("time")?).map_err(|e| e.to_string())?;
+        let mut metadata = Metadata::default();
+        metadata.subject = opt("subject")?;
+        metadata.traceparent = opt("traceparent")?
+            .map(|t| t.parse())
+            .transpose()
+            .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
+        metadata.tracestate = opt("tracestate")?;
+        metadata.partition_key = opt("partitionkey")?;
+        metadata.correlation_id = opt("correlationid")?;
+        metadata.causation_id = opt("causationid")?
+            .map(|c| c.parse())
+            .transpose()
+            .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
+        let extensions: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text("extensions")?).map_err(|e| e.to_string())?;
+        for (name, value) in extensions {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            metadata
+                .insert_header(name, value)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(RawEvent {
+            id,
+            time,
+            source: Arc::from(text("source")?),
+            event_type: Arc::from(text("type")?),
+            datacontenttype: opt("datacontenttype")?,
+            dataschema: opt("dataschema")?,
+            metadata,
+            data: Bytes::from(
+                row.try_get::<Vec<u8>, _>("data")
+                    .map_err(|e| e.to_string())?,
+            ),
+        })
+    };
+    attempt().map_err(|error| {
+        let data: Vec<u8> = row.try_get("data").unwrap_or_default();
+        let id: String = row.try_get("id").unwrap_or_default();
+        let raw = serde_json::json!({
+            "id": id,
+            "type": row.try_get::<String, _>("type").unwrap_or_default(),
+            "data": String::from_utf8_lossy(&data),
+        });
+        Undecodable {
+            raw: Bytes::from(raw.to_string()),
+            error,
+        }
+    })
+}
+
+struct SqliteAck {
+    store: SqliteStore,
+    topic: String,
+    group: String,
+    seq: i64,
+    token: i64,
+}
+
+impl SqliteAck {
+    async fn held<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<(), StoreError> {
+        let done = query
+            .bind(&self.topic)
+            .bind(&self.group)
+            .bind(self.seq)
+            .bind(self.token)
+            .execute(&self.store.inner.pool)
+            .await
+            .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotHeld(position(self.seq)));
+        }
+        Ok(())
+    }
+}
+
+impl AckHandle for SqliteAck {
+    fn ack(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.held(sqlx::query(
+            "DELETE FROM eda_inflight WHERE topic = ? AND grp = ? AND seq = ? AND token = ?",
+        )))
+    }
+    fn nack(&self, _reason: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.held(sqlx::query(
+                "UPDATE eda_inflight SET deadline_ms = NULL, holder = NULL \
+                 WHERE topic = ? AND grp = ? AND seq = ? AND token = ?",
+            ))
+            .await?;
+            self.store.inner.notify.notify_waiters();
+            Ok(())
+        })
+    }
+    fn extend(&self, by: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let query = sqlx::query(
+                "UPDATE eda_inflight SET deadline_ms = deadline_ms + ? \
+                 WHERE topic = ? AND grp = ? AND seq = ? AND token = ?",
+            )
+            .bind(by.as_millis() as i64);
+            self.held(query).await
+        })
+    }
+}
+
+impl EventStore for SqliteStore {
+    fn features(&self) -> Features {
+        Features::none()
+            .ordered_per_key(true)
+            .redelivers_to_other_consumers(true)
+            .persistent(true)
+    }
+
+    fn append<'a>(
+        &'a self,
+        topic: &'a str,
+        records: Vec<RawEvent>,
+    ) -> BoxFuture<'a, Result<Vec<Position>, StoreError>> {
+        Box::pin(async move {
+            if topic.is_empty() {
+                return Err(StoreError::Invalid("empty topic name".into()));
+            }
+            for r in &records {
+                let size = r.to_json().map(|j| j.len()).unwrap_or(usize::MAX);
+                if size > self.inner.max_record_bytes {
+                    return Err(StoreError::TooLarge {
+                        size,
+                        max: self.inner.max_record_bytes,
+                    });
+                }
+            }
+            let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+            for chunk in records.chunks(INSERT_CHUNK) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO eda_events (topic, id, source, type, time, time_ms, \
+                     datacontenttype, dataschema, subject, traceparent, tracestate, \
+                     partitionkey, correlationid, causationid, extensions, data) ",
+                );
+                insert.push_values(chunk, |mut b, r| {
+                    let m = &r.metadata;
+                    let extensions: serde_json::Map<String, serde_json::Value> = m
+                        .headers()
+                        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+                        .collect();
+                    b.push_bind(topic)
+                        .push_bind(r.id.to_string())
+                        .push_bind(r.source.to_string())
+                        .push_bind(r.event_type.to_string())
+                        .push_bind(r.time.to_rfc3339())
+                        .push_bind(r.time.unix_millis())
+                        .push_bind(r.datacontenttype.clone())
+                        .push_bind(r.dataschema.clone())
+                        .push_bind(m.subject.clone())
+                        .push_bind(m.traceparent.map(|t| t.to_string()))
+                        .push_bind(m.tracestate.clone())
+                        .push_bind(m.partition_key.clone())
+                        .push_bind(m.correlation_id.clone())
+                        .push_bind(m.causation_id.map(|c| c.to_string()))
+                        .push_bind(serde_json::Value::Object(extensions).to_string())
+                        .push_bind(r.data.to_vec());
+                });
+                insert.push(" ON CONFLICT (topic, id) DO NOTHING");
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let mut positions = Vec::with_capacity(records.len());
+            for r in &records {
+                let seq: i64 =
+                    sqlx::query_scalar("SELECT seq FROM eda_events WHERE topic = ? AND id = ?")
+                        .bind(topic)
+                        .bind(r.id.to_string())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                positions.push(position(seq));
+            }
+            tx.commit().await.map_err(unavailable)?;
+            self.inner.notify.notify_waiters();
+            Ok(positions)
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<DeliveryStream, StoreError>> {
+        Box::pin(async move {
+            let start = match &options.start {
+                StartFrom::Beginning => 0,
+                StartFrom::NewOnly => {
+                    let max: Option<i64> =
+                        sqlx::query_scalar("SELECT MAX(seq) FROM eda_events WHERE topic = ?")
+                            .bind(topic)
+                            .fetch_one(&self.inner.pool)
+                            .await
+                            .map_err(unavailable)?;
+                    max.unwrap_or(0) + 1
+                }
+                StartFrom::After(p) => seq_of(p)? + 1,
+            };
+            sqlx::query("INSERT OR IGNORE INTO eda_groups (topic, grp, next_seq) VALUES (?, ?, ?)")
+                .bind(topic)
+                .bind(group)
+                .bind(start)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+            let state = (
+                self.clone(),
+                topic.to_owned(),
+                group.to_owned(),
+                consumer.to_owned(),
+                options,
+                std::collections::VecDeque::<Delivery>::new(),
+            );
+            let stream = futures_util::stream::unfold(state, |mut state| async move {
+                loop {
+                    if let Some(d) = state.5.pop_front() {
+                        return Some((Ok(d), state));
+                    }
+                    let failed = {
+                        let (store, topic, group, consumer, options, buffered) = &mut state;
+                        let notified = store.inner.notify.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        let max = options.batch_size.max(1);
+                        match store
+                            .take(topic, group, consumer, options.visibility_timeout, max)
+                            .await
+                        {
+                            Ok(batch) if !batch.is_empty() => {
+                                buffered.extend(batch);
+                                None
+                            }
+                            Ok(_) => {
+                                let _ = tokio::time::timeout(POLL, notified).await;
+                                None
+                            }
+                            Err(e) => Some(e),
+                        }
+                    };
+                    if let Some(e) = failed {
+                        return Some((Err(e), state));
+                    }
+                }
+            });
+            Ok(Box::pin(stream) as DeliveryStream)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        range: ReadRange,
+    ) -> BoxFuture<'a, Result<Vec<(Position, Result<RawEvent, Undecodable>)>, StoreError>> {
+        Box::pin(async move {
+            let after = match &range.after {
+                Some(p) => seq_of(p)?,
+                None => 0,
+            };
+            let limit = if range.limit == 0 {
+                -1
+            } else {
+                range.limit as i64
+            };
+            let rows = sqlx::query(
+                "SELECT * FROM eda_events WHERE topic = ? AND seq > ? AND time_ms >= ? \
+                 ORDER BY seq LIMIT ?",
+            )
+            .bind(topic)
+            .bind(after)
+            .bind(range.since.map_or(i64::MIN, |t| t.unix_millis()))
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|row| (position(row.get::<i64, _>("seq")), decode_row(row)))
+                .collect())
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Every append and ack is its own committed transaction already.
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl OffsetStore for SqliteStore {
+    fn commit<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO eda_offsets (grp, topic, partition, offset) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (grp, topic, partition) DO UPDATE SET offset = excluded.offset",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(offset)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+    fn committed<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+    ) -> BoxFuture<'a, Result<Option<i64>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT offset FROM eda_offsets WHERE grp = ? AND topic = ? AND partition = ?",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(i64::from(partition))
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(unavailable)
+        })
+    }
+}
+
+impl LeaseStore for SqliteStore {
+    fn acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let done = sqlx::query(
+                "INSERT INTO eda_leases (name, holder, until_ms) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+                 WHERE eda_leases.holder = excluded.holder OR eda_leases.until_ms <= ?",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(now + ttl.as_millis() as i64)
+            .bind(now)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM eda_leases WHERE name = ? AND holder = ?")
+                .bind(name)
+                .bind(holder)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+}
