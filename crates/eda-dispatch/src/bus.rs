@@ -10,9 +10,9 @@ use std::future::Future as _;
 
 use arc_swap::ArcSwap;
 use eda_core::{
-    CancellationToken, DeadLetterSink, Envelope, Event, EventId, EventInfo, Handler, Interceptor,
-    MemoryDeadLetters, Metadata, Middleware, PublishAttributes, RawEvent, SubscriptionInfo,
-    SyncHandler, Timestamp, TraceParent, is_default_source,
+    CancellationToken, DeadLetterSink, Envelope, Event, EventId, EventInfo, EventStore, Handler,
+    Interceptor, MemoryDeadLetters, Metadata, Middleware, PublishAttributes, RawEvent, StoreError,
+    SubscriptionInfo, SyncHandler, Timestamp, TraceParent, is_default_source,
 };
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -79,6 +79,10 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     runtime: Option<Handle>,
     next_name: AtomicU64,
+    /// Topics bound to a store, by topic name.
+    durable: HashMap<String, Arc<dyn EventStore>>,
+    /// Cancelled when shutdown begins: durable runners stop taking deliveries.
+    intake: CancellationToken,
 }
 
 /// Who gets what: read on every publish, rebuilt on every (un)subscribe.
@@ -145,9 +149,20 @@ pub struct BusBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     runtime: Option<Handle>,
+    durable: HashMap<String, Arc<dyn EventStore>>,
 }
 
 impl BusBuilder {
+    /// Binds `topic` to a store: `publish` appends (and returns once the store committed),
+    /// async subscribers consume from the store through the same lifecycle, acking only
+    /// after their handler succeeded. Retries are the store's redeliveries; after the
+    /// last attempt the event goes to `<topic>.dlq` in the same store. At-least-once
+    /// across crashes. Synchronous subscribers are refused on durable topics.
+    pub fn durable_topic(mut self, topic: impl Into<String>, store: impl EventStore) -> Self {
+        self.durable.insert(topic.into(), Arc::new(store));
+        self
+    }
+
     /// Replaces the whole configuration (e.g. one read from a file).
     pub fn config(mut self, config: BusConfig) -> Self {
         self.config = config;
@@ -236,6 +251,8 @@ impl BusBuilder {
                 closed: AtomicBool::new(false),
                 runtime: self.runtime,
                 next_name: AtomicU64::new(1),
+                durable: self.durable,
+                intake: CancellationToken::new(),
                 config: self.config,
             }),
         }
@@ -265,6 +282,7 @@ impl Bus {
             middleware: Vec::new(),
             dead_letters: None,
             runtime: None,
+            durable: HashMap::new(),
         }
     }
 
@@ -309,6 +327,16 @@ impl Bus {
             &mut envelope.source,
             &mut envelope.metadata,
         );
+        if let Some((topic, store)) = self.durable_of(E::TYPE) {
+            let raw = envelope
+                .to_raw(&eda_core::JsonCodec)
+                .map_err(|e| PublishError::Encode {
+                    event_id: envelope.id,
+                    topic: topic.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            return self.append_durable(topic, store, raw).await;
+        }
         let envelope = Arc::new(envelope);
         self.dispatch(&Offer::typed(&envelope), envelope.clone())
             .await?;
@@ -347,6 +375,16 @@ impl Bus {
             &mut envelope.source,
             &mut envelope.metadata,
         );
+        if let Some((topic, _)) = self.durable_of(E::TYPE) {
+            return Err(PublishError::Store {
+                event_id: envelope.id,
+                topic: topic.to_owned(),
+                source: StoreError::Invalid(
+                    "appending to a durable topic waits for the store: use `publish(..).await`"
+                        .into(),
+                ),
+            });
+        }
         let envelope = Arc::new(envelope);
         self.try_dispatch(&Offer::typed(&envelope), envelope.clone())?;
         Ok(envelope.id)
@@ -365,9 +403,43 @@ impl Bus {
             &mut raw.source,
             &mut raw.metadata,
         );
+        if let Some((topic, store)) = self.durable_of(&event_type) {
+            return self.append_durable(topic, store, raw).await;
+        }
         let raw = Arc::new(raw);
         self.dispatch(&Offer::raw(&raw), raw.clone()).await?;
         Ok(raw.id)
+    }
+
+    /// The store of `event_type`'s topic, if that topic is durable.
+    fn durable_of(&self, event_type: &str) -> Option<(&str, &Arc<dyn EventStore>)> {
+        if self.inner.durable.is_empty() {
+            return None;
+        }
+        let topic = self.inner.config.topic_of(event_type);
+        self.inner
+            .durable
+            .get_key_value(topic)
+            .map(|(name, store)| (name.as_str(), store))
+    }
+
+    async fn append_durable(
+        &self,
+        topic: &str,
+        store: &Arc<dyn EventStore>,
+        raw: RawEvent,
+    ) -> Result<EventId, PublishError> {
+        let event_id = raw.id;
+        store
+            .append(topic, vec![raw])
+            .await
+            .map_err(|source| PublishError::Store {
+                event_id,
+                topic: topic.to_owned(),
+                source,
+            })?;
+        bump(&self.inner.counters.published);
+        Ok(event_id)
     }
 
     fn check_open(&self, event_id: EventId) -> Result<(), PublishError> {
@@ -581,7 +653,95 @@ impl Bus {
     {
         let key = GroupKey::Type(Arc::from(E::TYPE));
         let topic = self.inner.config.topic_of(E::TYPE).to_owned();
+        if let Some(store) = self.inner.durable.get(&topic) {
+            return self.subscribe_durable::<E, H>(key, topic, store.clone(), options, handler);
+        }
         self.subscribe_async(key, topic, TypedFilter::<E>::new(), options, handler)
+    }
+
+    fn subscribe_durable<E, H>(
+        &self,
+        key: GroupKey,
+        topic: String,
+        store: Arc<dyn EventStore>,
+        options: SubscribeOptions,
+        handler: H,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        E: Event,
+        H: Handler<Envelope<E>>,
+    {
+        let runtime = self.runtime()?;
+        let config = &self.inner.config;
+        let mut registry = lock(&self.inner.registry);
+        let (name, group) = self.claim_name(&mut registry, &key, &options)?;
+        let token = self.inner.shutdown.child_token();
+        let info = Arc::new(SubscriptionInfo::new(
+            name.as_str(),
+            group.as_str(),
+            topic.as_str(),
+            token.clone(),
+        ));
+        let gate = Arc::new(Gate::new());
+        let mut middleware = self.inner.middleware.clone();
+        middleware.extend(options.middleware.iter().cloned());
+        let timeout = options.timeout.unwrap_or(config.processing_timeout);
+        let retry = options
+            .retry
+            .clone()
+            .unwrap_or_else(|| config.retry.clone());
+        let consume = eda_core::ConsumeOptions {
+            // A new durable group sees what was stored before it subscribed: the runner
+            // subscribes asynchronously, and "new only" would race with the first publishes.
+            start: options
+                .start
+                .clone()
+                .unwrap_or(eda_core::StartFrom::Beginning),
+            // Longer than an attempt may run, so a slow attempt is not redelivered meanwhile.
+            visibility_timeout: timeout
+                .map_or(Duration::from_secs(300), |t| t + Duration::from_secs(10)),
+            max_attempts: retry.max_attempts,
+            ..eda_core::ConsumeOptions::default()
+        };
+        let member = Arc::new(Member {
+            handler: Arc::new(handler),
+            info,
+            settings: Settings {
+                timeout,
+                retry,
+                mode: options.mode.unwrap_or(config.mode),
+                concurrency: 1,
+                executor: options.executor.clone(),
+                ttl: config.topic_config(&topic).ttl,
+                middleware,
+            },
+            gate: gate.clone(),
+            counters: self.inner.counters.clone(),
+            dead_letters: self.inner.dead_letters.clone(),
+            weight: 1,
+            _event: std::marker::PhantomData,
+        });
+        let runner = crate::durable::run::<E, H>(crate::durable::Runner {
+            member,
+            store,
+            topic,
+            group: group.clone(),
+            consumer: name.clone(),
+            options: consume,
+            stop: token.clone(),
+            intake: self.inner.intake.clone(),
+            source: self.inner.source.clone(),
+        });
+        registry.tasks.retain(|t| !t.is_finished());
+        registry.tasks.push(runtime.spawn(runner));
+        Ok(Subscription::new(
+            &self.inner,
+            name,
+            group,
+            key,
+            gate,
+            token,
+        ))
     }
 
     /// Subscribes an async handler to every event whose type matches `pattern`
@@ -624,6 +784,11 @@ impl Bus {
     {
         let key = GroupKey::Type(Arc::from(E::TYPE));
         let topic = self.inner.config.topic_of(E::TYPE).to_owned();
+        if self.inner.durable.contains_key(&topic) {
+            return Err(SubscribeError::InvalidOption(format!(
+                "topic `{topic}` is durable: its subscribers consume from the store, so they are async"
+            )));
+        }
         self.subscribe_sync_inner(
             key,
             topic,
@@ -957,6 +1122,7 @@ impl Bus {
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let until = Instant::now() + deadline;
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.intake.cancel();
         let (topics, tasks) = {
             let mut registry = lock(&self.inner.registry);
             let topics: Vec<Arc<Topic>> = registry.topics.values().cloned().collect();

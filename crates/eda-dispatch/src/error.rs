@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use eda_core::{EventId, HandlerError};
+use eda_core::{EventId, HandlerError, StoreError};
 
 /// A synchronous subscriber failed while `publish` ran it inline.
 #[derive(Debug)]
@@ -47,6 +47,27 @@ pub enum PublishError {
         /// How long `publish` waited.
         waited: Duration,
     },
+    /// The durable topic's store did not take the event; nothing was published.
+    #[error("the store of durable topic `{topic}` refused event {event_id}: {source}")]
+    Store {
+        /// The event.
+        event_id: EventId,
+        /// The durable topic.
+        topic: String,
+        /// What the store said.
+        #[source]
+        source: StoreError,
+    },
+    /// The event could not be encoded for a durable topic; nothing was published.
+    #[error("event {event_id} cannot be encoded for durable topic `{topic}`: {reason}")]
+    Encode {
+        /// The event.
+        event_id: EventId,
+        /// The durable topic.
+        topic: String,
+        /// The encoder's message.
+        reason: String,
+    },
     /// Synchronous subscribers failed. The event was still delivered to every other subscriber.
     #[error("{} synchronous subscriber(s) failed on event {event_id}: {}", failures.len(), summary(failures))]
     Handlers {
@@ -72,6 +93,8 @@ impl PublishError {
             Self::ShutDown { event_id }
             | Self::Full { event_id, .. }
             | Self::Timeout { event_id, .. }
+            | Self::Store { event_id, .. }
+            | Self::Encode { event_id, .. }
             | Self::Handlers { event_id, .. } => *event_id,
         }
     }

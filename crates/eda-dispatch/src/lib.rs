@@ -24,6 +24,7 @@ mod balancer;
 mod bus;
 mod cause;
 mod config;
+mod durable;
 mod error;
 mod gate;
 mod group;

@@ -141,6 +141,7 @@ pub struct SubscribeOptions {
     pub(crate) weight: Option<u32>,
     pub(crate) balancer: Option<crate::Balancer>,
     pub(crate) backpressure: Option<crate::Backpressure>,
+    pub(crate) start: Option<eda_core::StartFrom>,
 }
 
 impl fmt::Debug for SubscribeOptions {
@@ -158,6 +159,7 @@ impl fmt::Debug for SubscribeOptions {
             .field("weight", &self.weight)
             .field("balancer", &self.balancer)
             .field("backpressure", &self.backpressure)
+            .field("start", &self.start)
             .finish()
     }
 }
@@ -230,6 +232,13 @@ impl SubscribeOptions {
     /// dispatch timeout). Set by the group's first member.
     pub fn backpressure(mut self, policy: crate::Backpressure) -> Self {
         self.backpressure = Some(policy);
+        self
+    }
+    /// Where a new group of a durable topic starts reading (default: the beginning of
+    /// the log, so nothing stored before the group existed is skipped; an existing group
+    /// always resumes where it is).
+    pub fn start_from(mut self, start: eda_core::StartFrom) -> Self {
+        self.start = Some(start);
         self
     }
     /// Adds middleware around this subscription's deliveries, after the bus's own

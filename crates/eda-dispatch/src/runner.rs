@@ -79,6 +79,39 @@ enum Failure {
     Unsubscribed,
 }
 
+impl Failure {
+    /// The reason, and whether retrying cannot help.
+    fn describe(self) -> (String, bool) {
+        match self {
+            Failure::Error(e) => (e.to_string(), e.is_permanent()),
+            Failure::Panic(msg) => (format!("handler panicked: {msg}"), false),
+            Failure::Timeout(t) => (format!("timed out after {t:?}"), false),
+            Failure::Unsubscribed => ("unsubscribed".to_owned(), false),
+        }
+    }
+}
+
+fn settle(result: Result<(), eda_core::StoreError>, what: &str) {
+    if let Err(e) = result {
+        // The store redelivers what it did not see acked: at-least-once.
+        tracing::warn!(error = %e, "{what} failed; the record may be delivered again");
+    }
+}
+
+/// A record for bytes that were not an event, so they can go to a dead-letter topic.
+fn undecodable_record(bytes: &eda_core::Bytes, source: &Arc<str>) -> eda_core::RawEvent {
+    eda_core::RawEvent {
+        id: eda_core::EventId::new(),
+        time: Timestamp::now(),
+        source: source.clone(),
+        event_type: Arc::from("eda.undecodable"),
+        datacontenttype: Some("application/octet-stream".to_owned()),
+        dataschema: None,
+        metadata: Default::default(),
+        data: bytes.clone(),
+    }
+}
+
 /// How one delivery ended.
 enum Outcome {
     Delivered,
@@ -255,12 +288,7 @@ where
                 Err(Failure::Unsubscribed) => return Outcome::Unsubscribed,
                 Err(failure) => failure,
             };
-            let (reason, permanent) = match failure {
-                Failure::Error(e) => (e.to_string(), e.is_permanent()),
-                Failure::Panic(msg) => (format!("handler panicked: {msg}"), false),
-                Failure::Timeout(t) => (format!("timed out after {t:?}"), false),
-                Failure::Unsubscribed => unreachable!("returned above"),
-            };
+            let (reason, permanent) = failure.describe();
             if attempt >= max || permanent {
                 return Outcome::Failed {
                     attempts: attempt,
@@ -345,6 +373,113 @@ where
                         "handler task cancelled: {e}"
                     )))),
                 }
+            }
+        }
+    }
+
+    /// Runs one delivery of a durable topic: one attempt (redeliveries are the retries),
+    /// ack on success, nack while attempts remain, else `<topic>.dlq` in the same store
+    /// and ack. Returns without acking if the member left (the store redelivers).
+    pub(crate) async fn handle_delivery(
+        &self,
+        delivery: eda_core::Delivery,
+        decoded: Result<M, String>,
+        store: &dyn eda_core::EventStore,
+        source: &Arc<str>,
+    ) {
+        let attempt = delivery.attempt;
+        let max = self.settings.retry.max_attempts.max(1);
+        let event = match decoded {
+            Ok(event) => Arc::new(event),
+            Err(reason) => {
+                let raw = match &delivery.record {
+                    Ok(raw) => raw.clone(),
+                    Err(u) => undecodable_record(&u.raw, source),
+                };
+                let reason = format!("undecodable event: {reason}");
+                self.durable_dead_letter(store, raw, attempt, reason, delivery)
+                    .await;
+                return;
+            }
+        };
+        if let Some(ttl) = self.settings.ttl {
+            let age = event.time().millis_until(Timestamp::now());
+            if age > ttl.as_millis() as i64 {
+                bump(&self.counters.expired);
+                let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
+                if let Ok(raw) = event.to_raw_event() {
+                    self.store_dead_letter(store, raw, 0, reason).await;
+                }
+                settle(delivery.ack().await, "ack");
+                return;
+            }
+        }
+        match self.attempt(&event, attempt).await {
+            Ok(()) => {
+                bump(&self.counters.deliveries);
+                bump(&self.counters.delivered);
+                settle(delivery.ack().await, "ack");
+            }
+            Err(Failure::Unsubscribed) => {
+                // Not acked: the store redelivers it to another consumer of the group.
+            }
+            Err(failure) => {
+                let (reason, permanent) = failure.describe();
+                if attempt >= max || permanent || self.settings.mode == DeliveryMode::AtMostOnce {
+                    match event.to_raw_event() {
+                        Ok(raw) => {
+                            self.durable_dead_letter(store, raw, attempt, reason, delivery)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::error!(event_id = %event.id(), error = %e, "cannot encode failed event");
+                            bump(&self.counters.deliveries);
+                            bump(&self.counters.failed);
+                            settle(delivery.ack().await, "ack");
+                        }
+                    }
+                } else {
+                    bump(&self.counters.retries);
+                    settle(delivery.nack(reason).await, "nack");
+                }
+            }
+        }
+    }
+
+    async fn durable_dead_letter(
+        &self,
+        store: &dyn eda_core::EventStore,
+        raw: eda_core::RawEvent,
+        attempts: u32,
+        reason: String,
+        delivery: eda_core::Delivery,
+    ) {
+        bump(&self.counters.deliveries);
+        if self.store_dead_letter(store, raw, attempts, reason).await {
+            bump(&self.counters.dead_lettered);
+            settle(delivery.ack().await, "ack");
+        } else {
+            // Not acked: it comes back, and the dead-letter write is tried again.
+            bump(&self.counters.failed);
+        }
+    }
+
+    /// Appends the dead letter to `<topic>.dlq` in the same store.
+    async fn store_dead_letter(
+        &self,
+        store: &dyn eda_core::EventStore,
+        raw: eda_core::RawEvent,
+        attempts: u32,
+        reason: String,
+    ) -> bool {
+        let topic = self.info.topic().to_string();
+        let dlq = eda_core::dead_letter_topic(&topic);
+        let letter = DeadLetter::new(raw, topic, self.info.name().to_string(), attempts, reason);
+        match store.append(&dlq, vec![letter.event]).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(subscription = %self.info.name(), error = %e, "cannot write to {dlq}");
+                false
             }
         }
     }

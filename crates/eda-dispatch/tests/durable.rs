@@ -1,0 +1,233 @@
+//! Durable topics: the bus on a store, with redeliveries as retries and `<topic>.dlq`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{OrderCreated, order};
+use eda_core::{
+    Context, DLQ_ATTEMPTS, DLQ_REASON, DLQ_SUBSCRIBER, Envelope, EventStore, HandlerError,
+    ReadRange, StartFrom,
+};
+use eda_dispatch::{Bus, PublishError, RetryPolicy, SubscribeError, SubscribeOptions};
+use eda_store_sqlite::SqliteStore;
+use eda_testkit::MemoryStore;
+
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+fn recording(
+    seen: &Seen,
+) -> impl Fn(Arc<Envelope<OrderCreated>>, Context) -> std::future::Ready<eda_core::HandlerResult>
++ Send
++ Sync
++ 'static {
+    let seen = seen.clone();
+    move |e, _ctx| {
+        seen.lock().unwrap().push(e.payload.order_id);
+        std::future::ready(Ok(()))
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = tokio::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_are_stored_then_handled() {
+    let store = MemoryStore::new();
+    let bus = Bus::builder()
+        .durable_topic("order.created", store.clone())
+        .build();
+    let seen: Seen = Arc::default();
+    let _sub = bus
+        .subscribe_with(SubscribeOptions::new().name("billing"), recording(&seen))
+        .unwrap();
+    for i in 0..100 {
+        bus.publish(order(i)).await.unwrap();
+    }
+    wait_for("100 events", || seen.lock().unwrap().len() == 100).await;
+    let stored = store
+        .read("order.created", ReadRange::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 100, "every event is in the store");
+    let report = bus.shutdown(Duration::from_secs(5)).await;
+    assert!(report.drained);
+    assert_eq!(report.stats.delivered, 100);
+    let mut ids = seen.lock().unwrap().clone();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..100).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_redelivered_then_dead_lettered_in_the_store() {
+    let store = MemoryStore::new();
+    let bus = Bus::builder()
+        .durable_topic("order.created", store.clone())
+        .build();
+    let attempts: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let a = attempts.clone();
+    let _sub = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .name("picky")
+                .retry(RetryPolicy::attempts(3)),
+            move |e: Arc<Envelope<OrderCreated>>, ctx: Context| {
+                a.lock().unwrap().push((e.payload.order_id, ctx.attempt()));
+                let fail = e.payload.order_id == 1;
+                async move {
+                    if fail {
+                        Err(HandlerError::msg("order 1 is never right"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .unwrap();
+    for i in 0..3 {
+        bus.publish(order(i)).await.unwrap();
+    }
+    let dlq = "order.created.dlq";
+    wait_for("a dead letter", || {
+        futures_util::FutureExt::now_or_never(store.read(dlq, ReadRange::default()))
+            .and_then(Result::ok)
+            .is_some_and(|v| !v.is_empty())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = bus.shutdown(Duration::from_secs(5)).await;
+    let of_one: Vec<u32> = attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| *id == 1)
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        of_one,
+        [1, 2, 3],
+        "the store's redeliveries are the retries, with its counts"
+    );
+    let letters = store.read(dlq, ReadRange::default()).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = letters[0].1.as_ref().unwrap();
+    assert_eq!(letter.decode::<OrderCreated>().unwrap().payload.order_id, 1);
+    assert_eq!(letter.metadata.header(DLQ_ATTEMPTS), Some("3"));
+    assert_eq!(letter.metadata.header(DLQ_SUBSCRIBER), Some("picky"));
+    assert_eq!(
+        letter.metadata.header(DLQ_REASON),
+        Some("order 1 is never right")
+    );
+    assert_eq!(report.stats.delivered, 2);
+    assert_eq!(report.stats.dead_lettered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_go_to_the_dead_letters_and_the_stream_goes_on() {
+    let store = MemoryStore::new();
+    let bus = Bus::builder()
+        .durable_topic("order.created", store.clone())
+        .build();
+    let seen: Seen = Arc::default();
+    let _sub = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .name("reader")
+                .start_from(StartFrom::Beginning),
+            recording(&seen),
+        )
+        .unwrap();
+    bus.publish(order(1)).await.unwrap();
+    store.write_raw("order.created", &b"{\"not\": \"a cloudevent\"}"[..]);
+    bus.publish(order(2)).await.unwrap();
+    wait_for("both good events", || seen.lock().unwrap().len() == 2).await;
+    wait_for("the dead letter", || {
+        futures_util::FutureExt::now_or_never(store.read("order.created.dlq", ReadRange::default()))
+            .and_then(Result::ok)
+            .is_some_and(|v| v.len() == 1)
+    })
+    .await;
+    let letters = store
+        .read("order.created.dlq", ReadRange::default())
+        .await
+        .unwrap();
+    let letter = letters[0].1.as_ref().unwrap();
+    assert!(
+        letter
+            .metadata
+            .header(DLQ_REASON)
+            .unwrap()
+            .starts_with("undecodable event")
+    );
+    assert_eq!(&letter.data[..], b"{\"not\": \"a cloudevent\"}");
+    assert_eq!(*seen.lock().unwrap(), [1, 2]);
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_service_resumes_from_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders.db");
+    let seen: Seen = Arc::default();
+
+    // First run: handles 10 events, then stops.
+    let bus = Bus::builder()
+        .durable_topic("order.created", SqliteStore::open(&path).await.unwrap())
+        .build();
+    let sub = bus
+        .subscribe_with(SubscribeOptions::new().name("billing"), recording(&seen))
+        .unwrap();
+    for i in 0..10 {
+        bus.publish(order(i)).await.unwrap();
+    }
+    wait_for("the first 10", || seen.lock().unwrap().len() == 10).await;
+    drop(sub);
+    bus.shutdown(Duration::from_secs(5)).await;
+
+    // While it is down, another process publishes 5 more.
+    let publisher = Bus::builder()
+        .durable_topic("order.created", SqliteStore::open(&path).await.unwrap())
+        .build();
+    for i in 10..15 {
+        publisher.publish(order(i)).await.unwrap();
+    }
+
+    // Second run: the group resumes where it was, nothing acked comes back.
+    let bus = Bus::builder()
+        .durable_topic("order.created", SqliteStore::open(&path).await.unwrap())
+        .build();
+    let _sub = bus
+        .subscribe_with(SubscribeOptions::new().name("billing"), recording(&seen))
+        .unwrap();
+    wait_for("the 5 published while down", || {
+        seen.lock().unwrap().len() == 15
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bus.shutdown(Duration::from_secs(5)).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 15, "no duplicates: {seen:?}");
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 15);
+}
+
+#[tokio::test]
+async fn durable_topics_refuse_what_they_cannot_do() {
+    let bus = Bus::builder()
+        .durable_topic("order.created", MemoryStore::new())
+        .build();
+    let sync = bus.subscribe_sync(|_e: &Envelope<OrderCreated>, _c: &Context| Ok(()));
+    assert!(matches!(sync, Err(SubscribeError::InvalidOption(_))));
+    let err = bus.try_publish(order(1)).unwrap_err();
+    assert!(matches!(err, PublishError::Store { .. }), "{err:?}");
+}
