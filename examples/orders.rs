@@ -5,7 +5,10 @@
 //! dead-letter sink → a `shipping` group of two members that share the orders by
 //! customer (KeyHash: each customer's orders in order, customers in parallel). The
 //! inventory handler publishes `inventory.reserved`, which inherits the order's
-//! correlation id and trace.
+//! correlation id and trace. Shipping publishes `order.shipped` to a **durable topic** in
+//! the SQLite file `./orders.db` (or `$EDA_ORDERS_DB`), consumed by an `invoicing`
+//! subscriber: run the example twice and the second run's invoicing resumes after what
+//! the first one acked.
 //!
 //! Run: `cargo run --release --example orders`
 
@@ -14,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eda::prelude::*;
-use eda::{Balancer, MemoryDeadLetters, PublishError};
+use eda::sqlite::SqliteStore;
+use eda::{Balancer, EventStore, MemoryDeadLetters, PublishError, ReadRange};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +44,16 @@ impl Event for InventoryReserved {
     const TYPE: &'static str = "inventory.reserved";
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderShipped {
+    order_id: u64,
+    customer: String,
+}
+
+impl Event for OrderShipped {
+    const TYPE: &'static str = "order.shipped";
+}
+
 /// What each handler saw, for the summary.
 #[derive(Default)]
 struct Seen(Mutex<BTreeMap<&'static str, Vec<u64>>>);
@@ -58,11 +72,14 @@ impl Seen {
 const ORDERS: u64 = 20;
 
 #[tokio::main]
-async fn main() -> Result<(), eda::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let db = std::env::var("EDA_ORDERS_DB").unwrap_or_else(|_| "orders.db".into());
+    let store = SqliteStore::open(&db).await?;
     let dead_letters = MemoryDeadLetters::default();
     let bus = Bus::builder()
         .service("orders-example", env!("CARGO_PKG_VERSION"))
         .dead_letter_sink(dead_letters.clone())
+        .durable_topic("order.shipped", store.clone())
         .build();
     let seen = Arc::new(Seen::default());
     let mut subscriptions = Vec::new();
@@ -135,7 +152,7 @@ async fn main() -> Result<(), eda::Error> {
     // member, one order at a time, in publish order.
     let shipped: Arc<Mutex<BTreeMap<String, Vec<u64>>>> = Arc::default();
     for member in ["shipping-a", "shipping-b"] {
-        let (s, shipped) = (seen.clone(), shipped.clone());
+        let (s, shipped, b) = (seen.clone(), shipped.clone(), bus.clone());
         subscriptions.push(
             bus.subscribe_with(
                 SubscribeOptions::new()
@@ -144,7 +161,7 @@ async fn main() -> Result<(), eda::Error> {
                     .balancer(Balancer::KeyHash)
                     .concurrency(4),
                 move |e: Arc<Envelope<OrderCreated>>, ctx: Context| {
-                    let (s, shipped) = (s.clone(), shipped.clone());
+                    let (s, shipped, b) = (s.clone(), shipped.clone(), b.clone());
                     async move {
                         tokio::time::sleep(Duration::from_millis(e.payload.order_id % 3)).await;
                         s.add("shipping (group of 2)", e.payload.order_id);
@@ -155,12 +172,30 @@ async fn main() -> Result<(), eda::Error> {
                             .entry(who)
                             .or_default()
                             .push(e.payload.order_id);
+                        // To the durable topic: stored in orders.db before this returns.
+                        b.publish(OrderShipped {
+                            order_id: e.payload.order_id,
+                            customer: e.payload.customer.clone(),
+                        })
+                        .await?;
                         Ok(())
                     }
                 },
             )?,
         );
     }
+
+    // Invoicing: consumes the durable topic from orders.db; its position is stored there
+    // too, so the next run resumes after what this one acked.
+    let invoiced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let i = invoiced.clone();
+    subscriptions.push(bus.subscribe_with(
+        SubscribeOptions::new().name("invoicing"),
+        move |_e: Arc<Envelope<OrderShipped>>, _ctx: Context| {
+            i.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(()) }
+        },
+    )?);
 
     // Follow-up events: the causing order's correlation id comes along.
     let s = seen.clone();
@@ -191,6 +226,11 @@ async fn main() -> Result<(), eda::Error> {
     }
     println!("published {ORDERS} orders in {:?}", started.elapsed());
 
+    // Let invoicing catch up with the shipments of this run (and any backlog).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while invoiced.load(std::sync::atomic::Ordering::SeqCst) < ORDERS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let report = bus.shutdown(Duration::from_secs(10)).await;
     println!("\nwhat each handler saw:");
     for (who, ids) in seen.0.lock().unwrap().iter() {
@@ -208,6 +248,15 @@ async fn main() -> Result<(), eda::Error> {
             order.payload.order_id, letter.subscriber, letter.attempts, letter.reason
         );
     }
+    let stored = store
+        .read("order.shipped", ReadRange::default())
+        .await?
+        .len();
+    println!(
+        "\ndurable topic order.shipped in {db}: {stored} events stored over all runs; \
+         invoicing handled {} this run (it resumes after what earlier runs acked)",
+        invoiced.load(std::sync::atomic::Ordering::SeqCst)
+    );
     let s = report.stats;
     println!(
         "\nshutdown report: published {} events, {} deliveries: {} delivered, {} failed, {} dead-lettered, {} expired, {} not delivered (drained: {})",
