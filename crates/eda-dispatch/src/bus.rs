@@ -659,6 +659,50 @@ impl Bus {
         self.subscribe_async(key, topic, TypedFilter::<E>::new(), options, handler)
     }
 
+    /// A member with the subscription's lifecycle settings, its gate and its token.
+    fn new_member<M, H>(
+        &self,
+        name: &str,
+        group: &str,
+        topic: &str,
+        options: &SubscribeOptions,
+        handler: H,
+        concurrency: Option<usize>,
+    ) -> (Arc<Member<M, H>>, Arc<Gate>, CancellationToken)
+    where
+        M: EventInfo,
+        H: Handler<M>,
+    {
+        let config = &self.inner.config;
+        let token = self.inner.shutdown.child_token();
+        let info = Arc::new(SubscriptionInfo::new(name, group, topic, token.clone()));
+        let gate = Arc::new(Gate::new());
+        let mut middleware = self.inner.middleware.clone();
+        middleware.extend(options.middleware.iter().cloned());
+        let member = Arc::new(Member {
+            handler: Arc::new(handler),
+            info,
+            settings: Settings {
+                timeout: options.timeout.unwrap_or(config.processing_timeout),
+                retry: options
+                    .retry
+                    .clone()
+                    .unwrap_or_else(|| config.retry.clone()),
+                mode: options.mode.unwrap_or(config.mode),
+                concurrency: concurrency.unwrap_or(1),
+                executor: options.executor.clone(),
+                ttl: config.topic_config(topic).ttl,
+                middleware,
+            },
+            gate: gate.clone(),
+            counters: self.inner.counters.clone(),
+            dead_letters: self.inner.dead_letters.clone(),
+            weight: options.weight.unwrap_or(1),
+            _event: std::marker::PhantomData,
+        });
+        (member, gate, token)
+    }
+
     fn subscribe_durable<E, H>(
         &self,
         key: GroupKey,
@@ -672,24 +716,11 @@ impl Bus {
         H: Handler<Envelope<E>>,
     {
         let runtime = self.runtime()?;
-        let config = &self.inner.config;
         let mut registry = lock(&self.inner.registry);
         let (name, group) = self.claim_name(&mut registry, &key, &options)?;
-        let token = self.inner.shutdown.child_token();
-        let info = Arc::new(SubscriptionInfo::new(
-            name.as_str(),
-            group.as_str(),
-            topic.as_str(),
-            token.clone(),
-        ));
-        let gate = Arc::new(Gate::new());
-        let mut middleware = self.inner.middleware.clone();
-        middleware.extend(options.middleware.iter().cloned());
-        let timeout = options.timeout.unwrap_or(config.processing_timeout);
-        let retry = options
-            .retry
-            .clone()
-            .unwrap_or_else(|| config.retry.clone());
+        let (member, gate, token) =
+            self.new_member(&name, &group, &topic, &options, handler, Some(1));
+        let settings = &member.settings;
         let consume = eda_core::ConsumeOptions {
             // A new durable group sees what was stored before it subscribed: the runner
             // subscribes asynchronously, and "new only" would race with the first publishes.
@@ -698,29 +729,12 @@ impl Bus {
                 .clone()
                 .unwrap_or(eda_core::StartFrom::Beginning),
             // Longer than an attempt may run, so a slow attempt is not redelivered meanwhile.
-            visibility_timeout: timeout
+            visibility_timeout: settings
+                .timeout
                 .map_or(Duration::from_secs(300), |t| t + Duration::from_secs(10)),
-            max_attempts: retry.max_attempts,
+            max_attempts: settings.retry.max_attempts,
             ..eda_core::ConsumeOptions::default()
         };
-        let member = Arc::new(Member {
-            handler: Arc::new(handler),
-            info,
-            settings: Settings {
-                timeout,
-                retry,
-                mode: options.mode.unwrap_or(config.mode),
-                concurrency: 1,
-                executor: options.executor.clone(),
-                ttl: config.topic_config(&topic).ttl,
-                middleware,
-            },
-            gate: gate.clone(),
-            counters: self.inner.counters.clone(),
-            dead_letters: self.inner.dead_letters.clone(),
-            weight: 1,
-            _event: std::marker::PhantomData,
-        });
         let runner = crate::durable::run::<E, H>(crate::durable::Runner {
             member,
             store,
@@ -917,7 +931,6 @@ impl Bus {
         A: Accepts<M>,
     {
         let runtime = self.runtime()?;
-        let config = &self.inner.config;
         if options.queue_capacity == Some(0) || options.concurrency == Some(0) {
             return Err(SubscribeError::InvalidOption(
                 "queue capacity and concurrency must be at least 1".into(),
@@ -975,37 +988,15 @@ impl Bus {
                 group
             }
         };
-        let token = self.inner.shutdown.child_token();
-        let info = Arc::new(SubscriptionInfo::new(
-            name.as_str(),
-            group_name.as_str(),
-            topic.as_str(),
-            token.clone(),
-        ));
-        let gate = Arc::new(Gate::new());
-        let mut middleware = self.inner.middleware.clone();
-        middleware.extend(options.middleware.iter().cloned());
-        group.add_member(Arc::new(Member {
-            handler: Arc::new(handler),
-            info,
-            settings: Settings {
-                timeout: options.timeout.unwrap_or(config.processing_timeout),
-                retry: options
-                    .retry
-                    .clone()
-                    .unwrap_or_else(|| config.retry.clone()),
-                mode: options.mode.unwrap_or(config.mode),
-                concurrency: options.concurrency.unwrap_or(1),
-                executor: options.executor.clone(),
-                ttl: config.topic_config(&topic).ttl,
-                middleware,
-            },
-            gate: gate.clone(),
-            counters: self.inner.counters.clone(),
-            dead_letters: self.inner.dead_letters.clone(),
-            weight: options.weight.unwrap_or(1),
-            _event: std::marker::PhantomData,
-        }));
+        let (member, gate, token) = self.new_member(
+            &name,
+            &group_name,
+            &topic,
+            &options,
+            handler,
+            options.concurrency,
+        );
+        group.add_member(member);
         registry.tasks.retain(|t| !t.is_finished());
         Ok(Subscription::new(
             &self.inner,
