@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
                  \x20                 ring stress (release), loom models, docs\n\
-                 bench [bus|ring] [filter]\n\
+                 bench [bus|ring|sqlite] [filter]\n\
                  \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
@@ -194,15 +194,20 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [bus|ring] [filter]`: both benchmark programs by default.
+/// `cargo xtask bench [bus|ring|sqlite] [filter]`: every benchmark program by default.
 fn bench(args: &[String]) -> Result<(), String> {
     let (benches, filter): (Vec<&str>, &[String]) = match args.first().map(String::as_str) {
-        Some(b @ ("bus" | "ring")) => (vec![b], &args[1..]),
-        _ => (vec!["bus", "ring"], args),
+        Some(b @ ("bus" | "ring" | "sqlite")) => (vec![b], &args[1..]),
+        _ => (vec!["bus", "ring", "sqlite"], args),
     };
     for bench in benches {
+        let package = if bench == "sqlite" {
+            "eda-store-sqlite"
+        } else {
+            "eda-dispatch"
+        };
         let mut cmd = cargo();
-        cmd.args(["bench", "-p", "eda-dispatch", "--bench", bench, "--"]);
+        cmd.args(["bench", "-p", package, "--bench", bench, "--"]);
         cmd.args(filter);
         run(&format!("benchmark `{bench}`"), &mut cmd)?;
     }

@@ -92,7 +92,7 @@ impl SqliteStoreBuilder {
         self.full_sync = on;
         self
     }
-    /// Largest record accepted, as CloudEvents JSON (default 1 MiB).
+    /// Largest record accepted: its data plus its attributes (default 1 MiB).
     pub fn max_record_bytes(mut self, max: usize) -> Self {
         self.max_record_bytes = max;
         self
@@ -340,6 +340,26 @@ impl SqliteStore {
     }
 }
 
+/// What a record takes in the store: its data and attributes (the size limit's measure).
+fn stored_size(r: &RawEvent) -> usize {
+    let m = &r.metadata;
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    r.data.len()
+        + r.source.len()
+        + r.event_type.len()
+        + 36 // id
+        + 24 // time
+        + opt(&r.datacontenttype)
+        + opt(&r.dataschema)
+        + opt(&m.subject)
+        + opt(&m.tracestate)
+        + opt(&m.partition_key)
+        + opt(&m.correlation_id)
+        + m.headers().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+        + if m.traceparent.is_some() { 55 } else { 0 }
+        + if m.causation_id.is_some() { 36 } else { 0 }
+}
+
 /// The event in a row, or why it is not one.
 fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
     let attempt = || -> Result<RawEvent, String> {
@@ -480,7 +500,7 @@ impl EventStore for SqliteStore {
                 return Err(StoreError::Invalid("empty topic name".into()));
             }
             for r in &records {
-                let size = r.to_json().map(|j| j.len()).unwrap_or(usize::MAX);
+                let size = stored_size(r);
                 if size > self.inner.max_record_bytes {
                     return Err(StoreError::TooLarge {
                         size,
@@ -489,6 +509,8 @@ impl EventStore for SqliteStore {
                 }
             }
             let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+            let mut seqs: std::collections::HashMap<String, i64> =
+                std::collections::HashMap::with_capacity(records.len());
             for chunk in records.chunks(INSERT_CHUNK) {
                 let mut insert = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO eda_events (topic, id, source, type, time, time_ms, \
@@ -518,22 +540,29 @@ impl EventStore for SqliteStore {
                         .push_bind(serde_json::Value::Object(extensions).to_string())
                         .push_bind(r.data.to_vec());
                 });
-                insert.push(" ON CONFLICT (topic, id) DO NOTHING");
-                insert
-                    .build()
-                    .execute(&mut *tx)
+                insert.push(" ON CONFLICT (topic, id) DO NOTHING RETURNING id, seq");
+                let inserted: Vec<(String, i64)> = insert
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(unavailable)?;
+                seqs.extend(inserted);
             }
             let mut positions = Vec::with_capacity(records.len());
             for r in &records {
-                let seq: i64 =
-                    sqlx::query_scalar("SELECT seq FROM eda_events WHERE topic = ? AND id = ?")
-                        .bind(topic)
-                        .bind(r.id.to_string())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
+                let id = r.id.to_string();
+                let seq = match seqs.get(&id) {
+                    Some(seq) => *seq,
+                    // Already stored (a retried append): its existing position.
+                    None => {
+                        sqlx::query_scalar("SELECT seq FROM eda_events WHERE topic = ? AND id = ?")
+                            .bind(topic)
+                            .bind(&id)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(unavailable)?
+                    }
+                };
                 positions.push(position(seq));
             }
             tx.commit().await.map_err(unavailable)?;
