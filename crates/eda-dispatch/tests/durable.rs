@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use eda_core::{
     ReadRange, StartFrom,
 };
 use eda_dispatch::{Bus, PublishError, RetryPolicy, SubscribeError, SubscribeOptions};
-use eda_store_sqlite::SqliteStore;
 use eda_testkit::MemoryStore;
 
 type Seen = Arc<Mutex<Vec<u64>>>;
@@ -172,53 +170,6 @@ async fn undecodable_records_go_to_the_dead_letters_and_the_stream_goes_on() {
     assert_eq!(&letter.data[..], b"{\"not\": \"a cloudevent\"}");
     assert_eq!(*seen.lock().unwrap(), [1, 2]);
     bus.shutdown(Duration::from_secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_service_resumes_from_the_sqlite_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("orders.db");
-    let seen: Seen = Arc::default();
-
-    // First run: handles 10 events, then stops.
-    let bus = Bus::builder()
-        .durable_topic("order.created", SqliteStore::open(&path).await.unwrap())
-        .build();
-    let sub = bus
-        .subscribe_with(SubscribeOptions::new().name("billing"), recording(&seen))
-        .unwrap();
-    for i in 0..10 {
-        bus.publish(order(i)).await.unwrap();
-    }
-    wait_for("the first 10", || seen.lock().unwrap().len() == 10).await;
-    drop(sub);
-    bus.shutdown(Duration::from_secs(5)).await;
-
-    // While it is down, another process publishes 5 more.
-    let publisher = Bus::builder()
-        .durable_topic("order.created", SqliteStore::open(&path).await.unwrap())
-        .build();
-    for i in 10..15 {
-        publisher.publish(order(i)).await.unwrap();
-    }
-
-    // Second run: the group resumes where it was, nothing acked comes back.
-    let bus = Bus::builder()
-        .durable_topic("order.created", SqliteStore::open(&path).await.unwrap())
-        .build();
-    let _sub = bus
-        .subscribe_with(SubscribeOptions::new().name("billing"), recording(&seen))
-        .unwrap();
-    wait_for("the 5 published while down", || {
-        seen.lock().unwrap().len() == 15
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    bus.shutdown(Duration::from_secs(5)).await;
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 15, "no duplicates: {seen:?}");
-    let distinct: HashSet<_> = seen.iter().collect();
-    assert_eq!(distinct.len(), 15);
 }
 
 #[tokio::test]
