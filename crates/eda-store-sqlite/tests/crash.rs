@@ -5,7 +5,7 @@
 //! `crash_child` test is a no-op otherwise).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,12 @@ impl Event for Work {
     const TYPE: &'static str = "crash.work";
 }
 
-fn child(db: &std::path::Path, log: &std::path::Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+fn child(db: &std::path::Path, log: &std::path::Path, last: bool) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if last {
+        cmd.env("EDA_CRASH_FINAL", "1");
+    }
+    cmd.args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("EDA_CRASH_CHILD", db)
         .env("EDA_CRASH_LOG", log)
         .stdout(Stdio::null())
@@ -37,8 +40,22 @@ fn child(db: &std::path::Path, log: &std::path::Path) -> Child {
         .expect("spawn the child")
 }
 
-/// The child: consume group `g`, append each handled `n` to the log, then ack. Exits
-/// after a second with nothing to do.
+/// Whether group `g` has taken every record and holds none unacked.
+async fn group_done(store: &SqliteStore) -> bool {
+    let (held, next, last): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM eda_inflight WHERE grp = 'g'), \
+                (SELECT next_seq FROM eda_groups WHERE grp = 'g'), \
+                (SELECT MAX(seq) FROM eda_events WHERE topic = 'work')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    held == 0 && next > last
+}
+
+/// The child: consume group `g`, append each handled `n` to the log, then ack. A killed
+/// child stops after a second with nothing to do; the final one (`EDA_CRASH_FINAL`)
+/// runs until the group is done.
 #[tokio::test]
 async fn crash_child() {
     let Some(db) = std::env::var_os("EDA_CRASH_CHILD") else {
@@ -61,10 +78,22 @@ async fn crash_child() {
         .subscribe("work", "g", "worker", options)
         .await
         .unwrap();
-    while let Ok(Some(delivery)) =
-        tokio::time::timeout(Duration::from_secs(1), deliveries.next()).await
-    {
-        let delivery = delivery.unwrap();
+    let final_run = std::env::var_os("EDA_CRASH_FINAL").is_some();
+    let started = std::time::Instant::now();
+    loop {
+        let delivery = match tokio::time::timeout(Duration::from_secs(1), deliveries.next()).await {
+            Ok(Some(delivery)) => delivery.unwrap(),
+            Ok(None) => break,
+            // Idle: a killed child just stops; the final one stops once the group is done.
+            Err(_) if !final_run || group_done(&store).await => break,
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "final consumer stuck"
+                );
+                continue;
+            }
+        };
         let n = delivery
             .record
             .as_ref()
@@ -74,7 +103,9 @@ async fn crash_child() {
             .payload
             .n;
         // The side effect first, then the ack: a kill in between is a duplicate, never a loss.
-        writeln!(log, "{n}").unwrap();
+        // One write syscall per line: a kill cannot leave a torn line for the next child
+        // to append to (writeln! may write the number and the newline separately).
+        log.write_all(format!("{n}\n").as_bytes()).unwrap();
         delivery.ack().await.unwrap();
     }
 }
@@ -109,7 +140,7 @@ async fn sigkilled_consumers_lose_nothing() {
     };
     let mut kills = 0;
     while kills < KILLS {
-        let mut c = child(&db, &log);
+        let mut c = child(&db, &log, false);
         let before = handled(&log).len();
         let wait = Duration::from_millis(rng.u64(150..900));
         let started = Instant::now();
@@ -133,7 +164,7 @@ async fn sigkilled_consumers_lose_nothing() {
         "the consumer finished before {KILLS} kills; raise EVENTS"
     );
     // A last consumer runs to the end (unacked records come back after 500 ms).
-    let status = child(&db, &log).wait().unwrap();
+    let status = child(&db, &log, true).wait().unwrap();
     assert!(status.success());
     let seen = handled(&log);
     let mut counts: HashMap<u64, u32> = HashMap::new();
