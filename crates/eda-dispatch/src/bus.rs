@@ -493,7 +493,7 @@ impl Bus {
             None if routing.patterns => {
                 drop(routing);
                 let mut registry = lock(&self.inner.registry);
-                Some(self.ensure_topic(&mut registry, offer.event_type))
+                Some(self.ensure_topic(&mut registry, offer.event_type, None))
             }
             None => None,
         }
@@ -587,8 +587,15 @@ impl Bus {
         }
     }
 
-    /// The topic of `event_type`, created (with the pattern groups attached) if needed.
-    fn ensure_topic(&self, registry: &mut Registry, event_type: &str) -> Arc<Topic> {
+    /// The topic of `event_type`, created (with the pattern groups attached) if needed;
+    /// `capacity` sizes its ring when this call creates it (a subscription's
+    /// `queue_capacity`), else the topic's or the bus's setting does.
+    fn ensure_topic(
+        &self,
+        registry: &mut Registry,
+        event_type: &str,
+        capacity: Option<usize>,
+    ) -> Arc<Topic> {
         let config = &self.inner.config;
         let name: Arc<str> = Arc::from(config.topic_of(event_type));
         let topic = match registry.topics.get(&name) {
@@ -596,7 +603,7 @@ impl Bus {
             None => {
                 let tc = config.topic_config(&name);
                 let topic = Topic::new(
-                    tc.capacity.unwrap_or(config.queue_capacity),
+                    capacity.or(tc.capacity).unwrap_or(config.queue_capacity),
                     tc.dispatch_timeout.unwrap_or(config.dispatch_timeout),
                 );
                 registry.topics.insert(name, topic.clone());
@@ -966,10 +973,8 @@ impl Bus {
                 );
                 match &key {
                     GroupKey::Type(event_type) => {
-                        if options.queue_capacity.is_some() {
-                            self.ensure_capacity(&mut registry, event_type, options.queue_capacity);
-                        }
-                        let topic = self.ensure_topic(&mut registry, event_type);
+                        let topic =
+                            self.ensure_topic(&mut registry, event_type, options.queue_capacity);
                         registry.tasks.push(group.clone().attach(&topic, &runtime));
                     }
                     GroupKey::Pattern(_) => {
@@ -1006,21 +1011,6 @@ impl Bus {
             gate,
             token,
         ))
-    }
-
-    /// A subscription's `queue_capacity` sizes its topic's ring when it creates it.
-    fn ensure_capacity(&self, registry: &mut Registry, event_type: &str, capacity: Option<usize>) {
-        let config = &self.inner.config;
-        let name: Arc<str> = Arc::from(config.topic_of(event_type));
-        if registry.topics.contains_key(&name) {
-            return;
-        }
-        let tc = config.topic_config(&name);
-        let topic = Topic::new(
-            capacity.or(tc.capacity).unwrap_or(config.queue_capacity),
-            tc.dispatch_timeout.unwrap_or(config.dispatch_timeout),
-        );
-        registry.topics.insert(name, topic);
     }
 
     fn subscribe_sync_inner<M, A>(

@@ -978,3 +978,36 @@ async fn dropping_the_bus_without_shutdown_stops_its_tasks() {
     assert_eq!(handled.load(Ordering::SeqCst), 100);
     drop(sub); // a guard outliving its bus is harmless
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_groups_see_topics_created_by_sized_subscriptions() {
+    let bus = Bus::new();
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = seen.clone();
+    let _pattern = bus
+        .subscribe_pattern(
+            "order.*",
+            SubscribeOptions::new(),
+            move |_e: Arc<RawEvent>, _c: Context| {
+                s.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            },
+        )
+        .unwrap();
+    // This subscription creates the topic, with its own ring size.
+    let _typed = bus
+        .subscribe_with(
+            SubscribeOptions::new().queue_capacity(64),
+            |_e: Arc<Envelope<OrderCreated>>, _c: Context| async { Ok(()) },
+        )
+        .unwrap();
+    for i in 0..10 {
+        bus.publish(order(i)).await.unwrap();
+    }
+    bus.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        10,
+        "the pattern group missed the topic"
+    );
+}
