@@ -1023,7 +1023,7 @@ impl Bus {
     ) -> Result<Subscription, SubscribeError>
     where
         M: EventInfo,
-        A: Accepts<M>,
+        A: crate::sink::AcceptsOffer<M>,
     {
         let mut registry = lock(&self.inner.registry);
         let (name, group_name) = self.claim_name(&mut registry, &key, &options)?;

@@ -3,8 +3,8 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use eda_core::{
@@ -28,7 +28,6 @@ pub(crate) struct Offer<'a> {
     /// The record, for `publish_raw`.
     pub(crate) raw_input: Option<&'a Arc<RawEvent>>,
     pub(crate) info: &'a dyn EventInfo,
-    raw_cache: OnceLock<Result<Arc<RawEvent>, String>>,
 }
 
 impl<'a> Offer<'a> {
@@ -38,7 +37,6 @@ impl<'a> Offer<'a> {
             typed: Some(env),
             raw_input: None,
             info: &**env,
-            raw_cache: OnceLock::new(),
         }
     }
 
@@ -48,47 +46,20 @@ impl<'a> Offer<'a> {
             typed: None,
             raw_input: Some(raw),
             info: &**raw,
-            raw_cache: OnceLock::new(),
         }
-    }
-
-    /// The record form, encoded (as JSON) at most once per publish.
-    fn as_raw(&self) -> Result<Arc<RawEvent>, String> {
-        if let Some(raw) = self.raw_input {
-            return Ok(raw.clone());
-        }
-        self.raw_cache
-            .get_or_init(|| {
-                self.info
-                    .to_raw_event()
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
-    }
-
-    /// The attributes alone, for an event whose payload would not encode.
-    fn attributes_only(&self) -> Arc<RawEvent> {
-        Arc::new(RawEvent {
-            id: self.info.id(),
-            time: self.info.time(),
-            source: Arc::from(self.info.source()),
-            event_type: Arc::from(self.info.event_type()),
-            datacontenttype: None,
-            dataschema: None,
-            metadata: self.info.metadata().clone(),
-            data: Default::default(),
-        })
     }
 }
 
-/// Which events a group takes, and in what form.
+/// Which events a group takes, and in what form, from a topic's ring.
 pub(crate) trait Accepts<M>: Send + Sync + 'static {
-    /// From a publish in progress (synchronous groups).
-    fn item(&self, offer: &Offer<'_>) -> Option<Item<M>>;
-    /// From a topic's ring (asynchronous groups).
     fn take(&self, published: &Published) -> Option<Item<M>>;
     fn describe(&self) -> String;
+}
+
+/// What a synchronous group takes from a publish in progress (typed groups only:
+/// pattern subscriptions are always asynchronous).
+pub(crate) trait AcceptsOffer<M>: Accepts<M> {
+    fn item(&self, offer: &Offer<'_>) -> Option<Item<M>>;
 }
 
 fn decode_raw<E: Event>(raw: Arc<RawEvent>) -> Item<Envelope<E>> {
@@ -110,7 +81,7 @@ impl<E> TypedFilter<E> {
     }
 }
 
-impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
+impl<E: Event> AcceptsOffer<Envelope<E>> for TypedFilter<E> {
     fn item(&self, offer: &Offer<'_>) -> Option<Item<Envelope<E>>> {
         if let Some(any) = offer.typed {
             return any
@@ -123,6 +94,9 @@ impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
         }
         Some(decode_raw(raw.clone()))
     }
+}
+
+impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
     fn take(&self, published: &Published) -> Option<Item<Envelope<E>>> {
         if published.event.event_type() != E::TYPE {
             return None;
@@ -142,18 +116,6 @@ impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
 pub(crate) struct PatternFilter(pub(crate) TypePattern);
 
 impl Accepts<RawEvent> for PatternFilter {
-    fn item(&self, offer: &Offer<'_>) -> Option<Item<RawEvent>> {
-        if !self.0.matches(offer.event_type) {
-            return None;
-        }
-        Some(match offer.as_raw() {
-            Ok(raw) => Item::Event(raw),
-            Err(reason) => Item::Undecodable {
-                raw: offer.attributes_only(),
-                reason,
-            },
-        })
-    }
     fn take(&self, published: &Published) -> Option<Item<RawEvent>> {
         if !self.0.matches(published.event.event_type()) {
             return None;
@@ -202,7 +164,7 @@ pub(crate) struct SyncSink<M, A> {
     pub(crate) counters: Arc<Counters>,
 }
 
-impl<M: EventInfo, A: Accepts<M>> SyncSink<M, A> {
+impl<M: EventInfo, A: AcceptsOffer<M>> SyncSink<M, A> {
     /// `None` when the member unsubscribed before the call could start.
     fn run(&self, member: &SyncMember<M>, event: Arc<M>) -> Option<Result<(), HandlerError>> {
         let _guard = member.gate.enter()?;
@@ -220,7 +182,7 @@ impl<M: EventInfo, A: Accepts<M>> SyncSink<M, A> {
     }
 }
 
-impl<M: EventInfo, A: Accepts<M>> Sink for SyncSink<M, A> {
+impl<M: EventInfo, A: AcceptsOffer<M>> Sink for SyncSink<M, A> {
     fn describe(&self) -> String {
         format!("sync {}", self.accepts.describe())
     }
