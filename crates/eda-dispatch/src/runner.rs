@@ -405,12 +405,23 @@ where
         if let Some(ttl) = self.settings.ttl {
             let age = event.time().millis_until(Timestamp::now());
             if age > ttl.as_millis() as i64 {
-                bump(&self.counters.expired);
                 let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
-                if let Ok(raw) = event.to_raw_event() {
-                    self.store_dead_letter(store, raw, 0, reason).await;
+                let sent = match event.to_raw_event() {
+                    Ok(raw) => self.store_dead_letter(store, raw, 0, reason).await,
+                    Err(e) => {
+                        tracing::error!(event_id = %event.id(), error = %e, "cannot encode expired event");
+                        false
+                    }
+                };
+                bump(&self.counters.deliveries);
+                if sent {
+                    bump(&self.counters.expired);
+                    settle(delivery.ack().await, "ack");
+                } else {
+                    // Not acked, as for any dead letter the store did not take: it comes
+                    // back and the write is tried again.
+                    bump(&self.counters.failed);
                 }
-                settle(delivery.ack().await, "ack");
                 return;
             }
         }

@@ -182,3 +182,38 @@ async fn durable_topics_refuse_what_they_cannot_do() {
     let err = bus.try_publish(order(1)).unwrap_err();
     assert!(matches!(err, PublishError::Store { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_durable_events_go_to_the_dead_letters_and_are_counted_once() {
+    let store = MemoryStore::new();
+    let bus = Bus::builder()
+        .durable_topic("order.created", store.clone())
+        .topic(
+            "order.created",
+            eda_dispatch::TopicConfig {
+                ttl: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        )
+        .build();
+    let seen: Seen = Arc::default();
+    let _sub = bus
+        .subscribe_with(SubscribeOptions::new().name("late"), recording(&seen))
+        .unwrap();
+    let mut old = Envelope::new(order(1));
+    old.time = eda_core::Timestamp::from_unix_millis(old.time.unix_millis() - 120_000);
+    bus.publish_envelope(old).await.unwrap();
+    bus.publish(order(2)).await.unwrap();
+    wait_for("the fresh event", || seen.lock().unwrap().len() == 1).await;
+    wait_for("the dead letter", || {
+        futures_util::FutureExt::now_or_never(store.read("order.created.dlq", ReadRange::default()))
+            .and_then(Result::ok)
+            .is_some_and(|v| v.len() == 1)
+    })
+    .await;
+    let report = bus.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*seen.lock().unwrap(), [2]);
+    let s = report.stats;
+    assert_eq!((s.deliveries, s.delivered, s.expired), (2, 1, 1), "{s:?}");
+    assert_eq!(s.in_flight, 0);
+}
