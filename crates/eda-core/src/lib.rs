@@ -1,5 +1,6 @@
 //! The vocabulary of [eda](https://docs.rs/eda): typed events, CloudEvents envelopes,
-//! codecs, and the traits the engine and the stores implement. No I/O, no runtime.
+//! codecs, and the traits the engine and the stores implement. No I/O; the only task it
+//! spawns is a store's [`AckBatcher`], on the store's runtime.
 //!
 //! ```
 //! use eda_core::{Envelope, Event, JsonCodec, RawEvent};
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod ack_batch;
 mod codec;
 mod context;
 mod dead_letter;
@@ -35,6 +37,7 @@ mod metadata;
 mod raw;
 mod store;
 
+pub use ack_batch::{AckBatchOptions, AckBatcher, FlushAcks};
 pub use codec::{Codec, ContentCodec, JSON, JsonCodec, POSTCARD, PostcardCodec};
 pub use context::{Context, SubscriptionInfo};
 pub use dead_letter::{

@@ -98,7 +98,8 @@ pub struct Undecodable {
 
 /// What a store answers when acked, nacked or extended.
 pub trait AckHandle: Send + Sync + 'static {
-    /// The handler succeeded: never deliver this record to the group again.
+    /// The handler succeeded: never deliver this record to the group again (once the
+    /// ack is written; see [`Delivery::ack`]).
     fn ack(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// The handler failed: redeliver (to any consumer of the group) soon.
     fn nack(&self, reason: String) -> BoxFuture<'_, Result<(), StoreError>>;
@@ -143,6 +144,12 @@ impl Delivery {
         }
     }
     /// Acknowledges: the group is done with this record.
+    ///
+    /// Stores may batch acks ([`AckBatcher`](crate::AckBatcher)): `Ok` then means the
+    /// ack is queued and will be written within the store's linger, by
+    /// [`EventStore::flush`], or when the store closes. An ack lost to a crash before
+    /// that, or of a delivery whose visibility timeout passed, leaves the record to be
+    /// redelivered (at least once, never lost).
     pub async fn ack(self) -> Result<(), StoreError> {
         self.handle.ack().await
     }
@@ -241,7 +248,7 @@ pub trait EventStore: Send + Sync + 'static {
         range: ReadRange,
     ) -> BoxFuture<'a, Result<Vec<(Position, Result<RawEvent, Undecodable>)>, StoreError>>;
 
-    /// Makes everything appended and acked so far durable.
+    /// Makes everything appended and acked so far durable (writes queued acks).
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 

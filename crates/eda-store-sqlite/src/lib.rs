@@ -36,9 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eda_core::{
-    AckHandle, BoxFuture, Bytes, ConsumeOptions, Delivery, DeliveryStream, EventId, EventStore,
-    Features, LeaseStore, Metadata, OffsetStore, Position, RawEvent, ReadRange, StartFrom,
-    StoreError, Timestamp, Undecodable,
+    AckBatchOptions, AckBatcher, AckHandle, BoxFuture, Bytes, ConsumeOptions, Delivery,
+    DeliveryStream, EventId, EventStore, Features, FlushAcks, LeaseStore, Metadata, OffsetStore,
+    Position, RawEvent, ReadRange, StartFrom, StoreError, Timestamp, Undecodable,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -52,6 +52,8 @@ use tokio::sync::Notify;
 const POLL: Duration = Duration::from_millis(50);
 /// Rows per multi-row INSERT (17 columns; SQLite allows 32,766 parameters).
 const INSERT_CHUNK: usize = 500;
+/// Acks per DELETE (4 parameters each).
+const ACK_CHUNK: usize = 1000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -83,6 +85,7 @@ pub struct SqliteStoreBuilder {
     max_record_bytes: usize,
     busy_timeout: Duration,
     max_connections: u32,
+    acks: AckBatchOptions,
 }
 
 impl SqliteStoreBuilder {
@@ -101,6 +104,14 @@ impl SqliteStoreBuilder {
     /// before failing with `StoreError::Unavailable` (default 5 s).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+    /// When acks are written: they are queued and flushed together, at most
+    /// `linger` late (default 100 ms) or as soon as `max_batch` wait (default 512), and
+    /// also by the next take of deliveries in this process, [`EventStore::flush`],
+    /// [`SqliteStore::close`] and drop. See [`eda_core::ack_batch`].
+    pub fn ack_batching(mut self, options: AckBatchOptions) -> Self {
+        self.acks = options;
         self
     }
     /// Connections in the pool (default 4).
@@ -129,11 +140,13 @@ impl SqliteStoreBuilder {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating the schema: {e}")))?;
+        let acks = AckBatcher::spawn(AckWriter { pool: pool.clone() }, self.acks);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 pool,
                 notify: Notify::new(),
                 max_record_bytes: self.max_record_bytes,
+                acks,
             }),
         })
     }
@@ -149,6 +162,54 @@ struct Inner {
     pool: SqlitePool,
     notify: Notify,
     max_record_bytes: usize,
+    acks: AckBatcher<AckKey>,
+}
+
+/// An acked delivery, until its in-flight row is deleted.
+struct AckKey {
+    topic: Arc<str>,
+    group: Arc<str>,
+    seq: i64,
+    token: i64,
+}
+
+/// Deletes the in-flight rows of acked deliveries, as long as the acking consumer still
+/// holds them (the token matches).
+struct AckWriter {
+    pool: SqlitePool,
+}
+
+async fn delete_acked(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[AckKey],
+) -> Result<(), sqlx::Error> {
+    for chunk in batch.chunks(ACK_CHUNK) {
+        let mut delete = QueryBuilder::<Sqlite>::new(
+            "DELETE FROM eda_inflight WHERE rowid IN (SELECT i.rowid FROM (",
+        );
+        delete.push_values(chunk, |mut b, k| {
+            b.push_bind(&*k.topic)
+                .push_bind(&*k.group)
+                .push_bind(k.seq)
+                .push_bind(k.token);
+        });
+        delete.push(
+            ") v JOIN eda_inflight i ON i.topic = v.column1 AND i.grp = v.column2 \
+             AND i.seq = v.column3 AND i.token = v.column4)",
+        );
+        delete.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl FlushAcks<AckKey> for AckWriter {
+    fn flush_acks<'a>(&'a self, batch: &'a [AckKey]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            delete_acked(&mut *tx, batch).await.map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)
+        })
+    }
 }
 
 impl SqliteStore {
@@ -160,12 +221,21 @@ impl SqliteStore {
             max_record_bytes: 1024 * 1024,
             busy_timeout: Duration::from_secs(5),
             max_connections: 4,
+            acks: AckBatchOptions::default(),
         }
     }
 
     /// Opens (creating if needed) the file at `path` with default options.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::builder(path).open().await
+    }
+
+    /// Writes the queued acks and closes the connections. Clones of this store fail
+    /// with `StoreError::Unavailable` afterwards.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.inner.acks.flush().await;
+        self.inner.pool.close().await;
+        flushed
     }
 
     /// The connection pool, e.g. for the caller's own queries in the same file.
@@ -210,6 +280,28 @@ impl SqliteStore {
         visibility: Duration,
         max: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let acked = self.inner.acks.drain();
+        let taken = self
+            .take_in_tx(topic, group, consumer, visibility, max, &acked)
+            .await;
+        if taken.is_err() {
+            self.inner.acks.requeue(acked);
+        }
+        taken
+    }
+
+    /// [`take`](Self::take)'s transaction, which first settles the acks queued in this
+    /// process (one commit for both, and this consumer never sees its own acked records
+    /// again).
+    async fn take_in_tx(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        visibility: Duration,
+        max: usize,
+        acked: &[AckKey],
+    ) -> Result<Vec<Delivery>, StoreError> {
         let now = now_ms();
         let deadline = now + visibility.as_millis() as i64;
         let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
@@ -221,6 +313,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        delete_acked(&mut tx, acked).await.map_err(unavailable)?;
         let mut picked: Vec<(i64, i64, i64)> = Vec::new(); // (seq, attempt, token)
         let again: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT seq, attempts FROM eda_inflight WHERE topic = ? AND grp = ? \
@@ -319,6 +412,7 @@ impl SqliteStore {
             .map(|r| (r.get::<i64, _>("seq"), r))
             .collect();
         picked.sort_unstable();
+        let (topic, group): (Arc<str>, Arc<str>) = (topic.into(), group.into());
         Ok(picked
             .into_iter()
             .filter_map(|(seq, attempt, token)| {
@@ -329,10 +423,12 @@ impl SqliteStore {
                     decode_row(&row),
                     Box::new(SqliteAck {
                         store: self.clone(),
-                        topic: topic.to_owned(),
-                        group: group.to_owned(),
-                        seq,
-                        token,
+                        key: AckKey {
+                            topic: topic.clone(),
+                            group: group.clone(),
+                            seq,
+                            token,
+                        },
                     }),
                 ))
             })
@@ -358,6 +454,18 @@ fn stored_size(r: &RawEvent) -> usize {
         + m.headers().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
         + if m.traceparent.is_some() { 55 } else { 0 }
         + if m.causation_id.is_some() { 36 } else { 0 }
+}
+
+/// The extensions column: headers as a JSON object of strings.
+fn extensions_json(m: &Metadata) -> String {
+    let mut headers = m.headers().peekable();
+    if headers.peek().is_none() {
+        return "{}".to_owned();
+    }
+    let object: serde_json::Map<String, serde_json::Value> = headers
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+        .collect();
+    serde_json::Value::Object(object).to_string()
 }
 
 /// The event in a row, or why it is not one.
@@ -427,10 +535,7 @@ fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
 
 struct SqliteAck {
     store: SqliteStore,
-    topic: String,
-    group: String,
-    seq: i64,
-    token: i64,
+    key: AckKey,
 }
 
 impl SqliteAck {
@@ -439,15 +544,15 @@ impl SqliteAck {
         query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     ) -> Result<(), StoreError> {
         let done = query
-            .bind(&self.topic)
-            .bind(&self.group)
-            .bind(self.seq)
-            .bind(self.token)
+            .bind(&*self.key.topic)
+            .bind(&*self.key.group)
+            .bind(self.key.seq)
+            .bind(self.key.token)
             .execute(&self.store.inner.pool)
             .await
             .map_err(unavailable)?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotHeld(position(self.seq)));
+            return Err(StoreError::NotHeld(position(self.key.seq)));
         }
         Ok(())
     }
@@ -455,9 +560,15 @@ impl SqliteAck {
 
 impl AckHandle for SqliteAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.held(sqlx::query(
-            "DELETE FROM eda_inflight WHERE topic = ? AND grp = ? AND seq = ? AND token = ?",
-        )))
+        // Queued: flushed in a batch (see `SqliteStoreBuilder::ack_batching`). An ack of
+        // a delivery that timed out meanwhile matches no row and has no effect.
+        self.store.inner.acks.push(AckKey {
+            topic: self.key.topic.clone(),
+            group: self.key.group.clone(),
+            seq: self.key.seq,
+            token: self.key.token,
+        });
+        Box::pin(std::future::ready(Ok(())))
     }
     fn nack(&self, _reason: String) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
@@ -509,8 +620,7 @@ impl EventStore for SqliteStore {
                 }
             }
             let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
-            let mut seqs: std::collections::HashMap<String, i64> =
-                std::collections::HashMap::with_capacity(records.len());
+            let mut positions = Vec::with_capacity(records.len());
             for chunk in records.chunks(INSERT_CHUNK) {
                 let mut insert = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO eda_events (topic, id, source, type, time, time_ms, \
@@ -519,51 +629,60 @@ impl EventStore for SqliteStore {
                 );
                 insert.push_values(chunk, |mut b, r| {
                     let m = &r.metadata;
-                    let extensions: serde_json::Map<String, serde_json::Value> = m
-                        .headers()
-                        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
-                        .collect();
                     b.push_bind(topic)
                         .push_bind(r.id.to_string())
-                        .push_bind(r.source.to_string())
-                        .push_bind(r.event_type.to_string())
+                        .push_bind(&*r.source)
+                        .push_bind(&*r.event_type)
                         .push_bind(r.time.to_rfc3339())
                         .push_bind(r.time.unix_millis())
-                        .push_bind(r.datacontenttype.clone())
-                        .push_bind(r.dataschema.clone())
-                        .push_bind(m.subject.clone())
+                        .push_bind(r.datacontenttype.as_deref())
+                        .push_bind(r.dataschema.as_deref())
+                        .push_bind(m.subject.as_deref())
                         .push_bind(m.traceparent.map(|t| t.to_string()))
-                        .push_bind(m.tracestate.clone())
-                        .push_bind(m.partition_key.clone())
-                        .push_bind(m.correlation_id.clone())
+                        .push_bind(m.tracestate.as_deref())
+                        .push_bind(m.partition_key.as_deref())
+                        .push_bind(m.correlation_id.as_deref())
                         .push_bind(m.causation_id.map(|c| c.to_string()))
-                        .push_bind(serde_json::Value::Object(extensions).to_string())
-                        .push_bind(r.data.to_vec());
+                        .push_bind(extensions_json(m))
+                        .push_bind(&r.data[..]);
                 });
-                insert.push(" ON CONFLICT (topic, id) DO NOTHING RETURNING id, seq");
-                let inserted: Vec<(String, i64)> = insert
-                    .build_query_as()
-                    .fetch_all(&mut *tx)
+                insert.push(" ON CONFLICT (topic, id) DO NOTHING");
+                let done = insert
+                    .build()
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                seqs.extend(inserted);
-            }
-            let mut positions = Vec::with_capacity(records.len());
-            for r in &records {
-                let id = r.id.to_string();
-                let seq = match seqs.get(&id) {
-                    Some(seq) => *seq,
-                    // Already stored (a retried append): its existing position.
-                    None => {
-                        sqlx::query_scalar("SELECT seq FROM eda_events WHERE topic = ? AND id = ?")
-                            .bind(topic)
-                            .bind(&id)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(unavailable)?
+                if done.rows_affected() == chunk.len() as u64 {
+                    // Every row is new. Within this write transaction an INSERT ... VALUES
+                    // gives its rows consecutive AUTOINCREMENT sequences in VALUES order.
+                    let last = done.last_insert_rowid();
+                    let first = last - chunk.len() as i64 + 1;
+                    positions.extend((first..=last).map(position));
+                } else {
+                    // Some ids were stored already (a retried append): look every one up.
+                    let mut select = QueryBuilder::<Sqlite>::new(
+                        "SELECT id, seq FROM eda_events WHERE topic = ",
+                    );
+                    select.push_bind(topic).push(" AND id IN (");
+                    let mut ids = select.separated(", ");
+                    for r in chunk {
+                        ids.push_bind(r.id.to_string());
                     }
-                };
-                positions.push(position(seq));
+                    select.push(")");
+                    let found: std::collections::HashMap<String, i64> = select
+                        .build_query_as::<(String, i64)>()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(unavailable)?
+                        .into_iter()
+                        .collect();
+                    for r in chunk {
+                        let seq = found.get(&r.id.to_string()).ok_or_else(|| {
+                            StoreError::Unavailable(format!("record {} vanished", r.id))
+                        })?;
+                        positions.push(position(*seq));
+                    }
+                }
             }
             tx.commit().await.map_err(unavailable)?;
             self.inner.notify.notify_waiters();
@@ -676,8 +795,8 @@ impl EventStore for SqliteStore {
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        // Every append and ack is its own committed transaction already.
-        Box::pin(std::future::ready(Ok(())))
+        // Every append is its own committed transaction already; acks may be queued.
+        Box::pin(self.inner.acks.flush())
     }
 }
 

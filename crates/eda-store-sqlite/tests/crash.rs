@@ -108,6 +108,7 @@ async fn crash_child() {
         log.write_all(format!("{n}\n").as_bytes()).unwrap();
         delivery.ack().await.unwrap();
     }
+    store.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +143,7 @@ async fn sigkilled_consumers_lose_nothing() {
     while kills < KILLS {
         let mut c = child(&db, &log, false);
         let before = handled(&log).len();
-        let wait = Duration::from_millis(rng.u64(150..900));
+        let wait = Duration::from_millis(rng.u64(50..400));
         let started = Instant::now();
         while started.elapsed() < wait && c.try_wait().unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -181,10 +182,11 @@ async fn sigkilled_consumers_lose_nothing() {
         "{kills} kills, {} handled, {duplicates} duplicates",
         seen.len()
     );
-    // At each kill at most the one record between its side effect and its ack is
-    // handled twice (the rest of the fetched batch was never handled).
+    // At each kill at most the records in flight are handled twice: those of the
+    // fetched batch whose acks were still queued (acks are written in batches, at the
+    // latest by the next fetch, so never more than one batch).
     assert!(
-        duplicates <= kills as u64,
-        "{duplicates} duplicates for {kills} kills"
+        duplicates <= (kills * BATCH) as u64,
+        "{duplicates} duplicates for {kills} kills of batches of {BATCH}"
     );
 }
