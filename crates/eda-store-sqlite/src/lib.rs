@@ -206,7 +206,7 @@ impl FlushAcks<AckKey> for AckWriter {
     fn flush_acks<'a>(&'a self, batch: &'a [AckKey]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
-            delete_acked(&mut *tx, batch).await.map_err(unavailable)?;
+            delete_acked(&mut tx, batch).await.map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)
         })
     }
