@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cause::CURRENT_EVENT;
+use crate::commit::{CommitOptions, GroupCommit};
 use crate::config::{BusConfig, TopicConfig};
 use crate::error::{PublishError, SubscribeError, SyncFailure};
 use crate::gate::Gate;
@@ -80,7 +81,7 @@ pub(crate) struct Inner {
     runtime: Option<Handle>,
     next_name: AtomicU64,
     /// Topics bound to a store, by topic name.
-    durable: HashMap<String, Arc<dyn EventStore>>,
+    durable: HashMap<String, GroupCommit>,
     /// Cancelled when shutdown begins: durable runners stop taking deliveries.
     intake: CancellationToken,
 }
@@ -251,7 +252,19 @@ impl BusBuilder {
                 closed: AtomicBool::new(false),
                 runtime: self.runtime,
                 next_name: AtomicU64::new(1),
-                durable: self.durable,
+                durable: self
+                    .durable
+                    .into_iter()
+                    .map(|(topic, store)| {
+                        let settings = self.config.topic_config(&topic);
+                        let options = CommitOptions {
+                            max_batch: settings.commit_batch.unwrap_or(1000),
+                            linger: settings.commit_linger.unwrap_or_default(),
+                        };
+                        let commit = GroupCommit::new(&topic, store, options);
+                        (topic, commit)
+                    })
+                    .collect(),
                 intake: CancellationToken::new(),
                 config: self.config,
             }),
@@ -327,7 +340,7 @@ impl Bus {
             &mut envelope.source,
             &mut envelope.metadata,
         );
-        if let Some((topic, store)) = self.durable_of(E::TYPE) {
+        if let Some((topic, commit)) = self.durable_of(E::TYPE) {
             let raw = envelope
                 .to_raw(&eda_core::JsonCodec)
                 .map_err(|e| PublishError::Encode {
@@ -335,7 +348,7 @@ impl Bus {
                     topic: topic.to_owned(),
                     reason: e.to_string(),
                 })?;
-            return self.append_durable(topic, store, raw).await;
+            return self.append_durable(topic, commit, raw).await;
         }
         let envelope = Arc::new(envelope);
         self.dispatch(&Offer::typed(&envelope), envelope.clone())
@@ -343,12 +356,54 @@ impl Bus {
         Ok(envelope.id)
     }
 
-    /// Publishes events one after another; stops at the first error.
+    /// Publishes events one after another; stops at the first error. On a durable topic
+    /// the events are appended as one batch instead: all of them or none.
     pub async fn publish_batch<E: Event>(
         &self,
         events: impl IntoIterator<Item = E>,
     ) -> Result<Vec<EventId>, PublishError> {
         let events = events.into_iter();
+        if let Some((topic, commit)) = self.durable_of(E::TYPE) {
+            let mut records = Vec::with_capacity(events.size_hint().0);
+            for event in events {
+                let mut envelope = Envelope::new(event);
+                self.check_open(envelope.id)?;
+                self.stamp(
+                    E::TYPE,
+                    envelope.id,
+                    &mut envelope.time,
+                    &mut envelope.source,
+                    &mut envelope.metadata,
+                );
+                let raw =
+                    envelope
+                        .to_raw(&eda_core::JsonCodec)
+                        .map_err(|e| PublishError::Encode {
+                            event_id: envelope.id,
+                            topic: topic.to_owned(),
+                            reason: e.to_string(),
+                        })?;
+                records.push(raw);
+            }
+            let ids: Vec<EventId> = records.iter().map(|r| r.id).collect();
+            let Some(&first) = ids.first() else {
+                return Ok(ids);
+            };
+            commit
+                .store
+                .append(topic, records)
+                .await
+                .map_err(|source| PublishError::Store {
+                    event_id: first,
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+            self.inner
+                .counters
+                .published
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            return Ok(ids);
+        }
         let mut ids = Vec::with_capacity(events.size_hint().0);
         for event in events {
             ids.push(self.publish(event).await?);
@@ -403,16 +458,16 @@ impl Bus {
             &mut raw.source,
             &mut raw.metadata,
         );
-        if let Some((topic, store)) = self.durable_of(&event_type) {
-            return self.append_durable(topic, store, raw).await;
+        if let Some((topic, commit)) = self.durable_of(&event_type) {
+            return self.append_durable(topic, commit, raw).await;
         }
         let raw = Arc::new(raw);
         self.dispatch(&Offer::raw(&raw), raw.clone()).await?;
         Ok(raw.id)
     }
 
-    /// The store of `event_type`'s topic, if that topic is durable.
-    fn durable_of(&self, event_type: &str) -> Option<(&str, &Arc<dyn EventStore>)> {
+    /// The committer of `event_type`'s topic, if that topic is durable.
+    fn durable_of(&self, event_type: &str) -> Option<(&str, &GroupCommit)> {
         if self.inner.durable.is_empty() {
             return None;
         }
@@ -426,12 +481,12 @@ impl Bus {
     async fn append_durable(
         &self,
         topic: &str,
-        store: &Arc<dyn EventStore>,
+        commit: &GroupCommit,
         raw: RawEvent,
     ) -> Result<EventId, PublishError> {
         let event_id = raw.id;
-        store
-            .append(topic, vec![raw])
+        commit
+            .append(self.inner.runtime.as_ref(), raw)
             .await
             .map_err(|source| PublishError::Store {
                 event_id,
@@ -660,8 +715,9 @@ impl Bus {
     {
         let key = GroupKey::Type(Arc::from(E::TYPE));
         let topic = self.inner.config.topic_of(E::TYPE).to_owned();
-        if let Some(store) = self.inner.durable.get(&topic) {
-            return self.subscribe_durable::<E, H>(key, topic, store.clone(), options, handler);
+        if let Some(commit) = self.inner.durable.get(&topic) {
+            let store = commit.store.clone();
+            return self.subscribe_durable::<E, H>(key, topic, store, options, handler);
         }
         self.subscribe_async(key, topic, TypedFilter::<E>::new(), options, handler)
     }

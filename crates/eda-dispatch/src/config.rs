@@ -21,6 +21,14 @@ pub struct TopicConfig {
     /// Slots of the topic's ring buffer (rounded up to a power of two; default: the
     /// bus's `queue_capacity`). Bounds how far any group may lag behind publishers.
     pub capacity: Option<usize>,
+    /// Durable topics: most records one store append carries when concurrent
+    /// publishes are grouped (default 1000).
+    pub commit_batch: Option<usize>,
+    /// Durable topics: how long the committer waits for more publishes before it
+    /// appends (default 0: it takes only those already waiting, so a lone publisher
+    /// pays no extra latency, and concurrent ones share appends anyway).
+    #[serde(rename = "commit_linger_ms", with = "opt_millis")]
+    pub commit_linger: Option<Duration>,
 }
 
 /// Everything a [`Bus`](crate::Bus) can be configured with. Deserializable, e.g. from TOML:

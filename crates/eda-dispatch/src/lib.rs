@@ -23,6 +23,7 @@
 mod balancer;
 mod bus;
 mod cause;
+mod commit;
 mod config;
 mod durable;
 mod error;

@@ -217,3 +217,58 @@ async fn expired_durable_events_go_to_the_dead_letters_and_are_counted_once() {
     assert_eq!((s.deliveries, s.delivered, s.expired), (2, 1, 1), "{s:?}");
     assert_eq!(s.in_flight, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_appends_and_a_too_large_event_fails_alone() {
+    let store = MemoryStore::with_max_record_bytes(2_000);
+    let bus = Bus::builder()
+        .durable_topic("order.created", store.clone())
+        .build();
+    let mut tasks = Vec::new();
+    for i in 0..300u64 {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut event = order(i);
+            if i == 123 {
+                event.customer = "x".repeat(10_000);
+            }
+            bus.publish(event).await
+        }));
+    }
+    let mut refused = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(_) => {}
+            Err(PublishError::Store { source, .. }) => {
+                assert!(matches!(source, eda_core::StoreError::TooLarge { .. }));
+                refused.push(i);
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(refused, vec![123], "only the oversized event is refused");
+    let stored = store
+        .read("order.created", ReadRange::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 299);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_batch_on_a_durable_topic_is_all_or_nothing() {
+    let store = MemoryStore::with_max_record_bytes(2_000);
+    let bus = Bus::builder()
+        .durable_topic("order.created", store.clone())
+        .build();
+    let mut events: Vec<_> = (0..10).map(order).collect();
+    events[4].customer = "x".repeat(10_000);
+    let err = bus.publish_batch(events).await.unwrap_err();
+    assert!(matches!(err, PublishError::Store { .. }), "{err}");
+    let ids = bus.publish_batch((0..10).map(order)).await.unwrap();
+    let stored = store
+        .read("order.created", ReadRange::default())
+        .await
+        .unwrap();
+    let stored: Vec<_> = stored.into_iter().map(|(_, r)| r.unwrap().id).collect();
+    assert_eq!(stored, ids, "only the second batch, in order");
+}
