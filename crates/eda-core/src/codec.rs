@@ -80,11 +80,14 @@ impl Codec for PostcardCodec {
     }
 }
 
-/// The codec chosen by a record's `datacontenttype`, for type-erased records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The codec chosen by a record's `datacontenttype`, for type-erased records; in
+/// configuration files `"json"` or `"postcard"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ContentCodec {
     /// `application/json`, `text/json`, any `+json` type, or no content type at all
     /// (CloudEvents JSON data defaults to JSON).
+    #[default]
     Json,
     /// `application/x-postcard`.
     Postcard,

@@ -67,6 +67,19 @@ pub enum EnvelopeError {
         /// The type the event carries.
         found: String,
     },
+    /// Binary data written for another version of the event type (its `dataschema`
+    /// names the version); decoding it as this version could misread it.
+    #[error(
+        "event {id} carries `{dataschema}`, written for another version than v{expected}; decode it with the type version that wrote it"
+    )]
+    SchemaVersion {
+        /// The event's id.
+        id: EventId,
+        /// The version of the type the caller asked for.
+        expected: u32,
+        /// The event's `dataschema`.
+        dataschema: String,
+    },
     /// The payload could not be encoded or decoded.
     #[error("event {id:?}: {source}")]
     Codec {

@@ -61,6 +61,19 @@ impl RawEvent {
         };
         let codec =
             ContentCodec::for_content_type(self.datacontenttype.as_deref()).map_err(codec_err)?;
+        // Binary data is not self-describing: refuse another version rather than misread
+        // it. (JSON carries field names; serde's defaults handle added fields.)
+        if codec == ContentCodec::Postcard
+            && let Some(schema) = self.dataschema.as_deref()
+            && let Some(version) = schema.strip_prefix(&format!("urn:eda:{}:v", E::TYPE))
+            && version != E::VERSION.to_string()
+        {
+            return Err(EnvelopeError::SchemaVersion {
+                id: self.id,
+                expected: E::VERSION,
+                dataschema: schema.to_owned(),
+            });
+        }
         let payload = codec.decode::<E>(&self.data).map_err(codec_err)?;
         Ok(Envelope {
             id: self.id,
@@ -342,6 +355,29 @@ mod tests {
         let back = RawEvent::from_json(raw.to_json().unwrap().as_bytes()).unwrap();
         assert_eq!(back, raw);
         assert_eq!(back.decode::<OrderCreated>().unwrap(), env);
+    }
+
+    #[test]
+    fn binary_data_of_another_schema_version_is_refused_not_misread() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct OrderCreatedV2 {
+            order_id: u64,
+            total_cents: u64,
+        }
+        impl Event for OrderCreatedV2 {
+            const TYPE: &'static str = "order.created";
+            const VERSION: u32 = 2;
+        }
+        let raw = sample().to_raw(&PostcardCodec).unwrap();
+        let err = raw.decode::<OrderCreatedV2>().unwrap_err();
+        assert!(
+            matches!(err, EnvelopeError::SchemaVersion { expected: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("urn:eda:order.created:v1"));
+        // JSON data names its fields, so it is decoded (serde decides what is missing).
+        let json = sample().to_raw(&JsonCodec).unwrap();
+        assert!(json.dataschema.is_none());
     }
 
     #[test]

@@ -260,6 +260,7 @@ impl BusBuilder {
                         let options = CommitOptions {
                             max_batch: settings.commit_batch.unwrap_or(1000),
                             linger: settings.commit_linger.unwrap_or_default(),
+                            codec: settings.codec.unwrap_or_default(),
                         };
                         let commit = GroupCommit::new(&topic, store, options);
                         (topic, commit)
@@ -342,7 +343,7 @@ impl Bus {
         );
         if let Some((topic, commit)) = self.durable_of(E::TYPE) {
             let raw = envelope
-                .to_raw(&eda_core::JsonCodec)
+                .to_raw(&commit.options.codec)
                 .map_err(|e| PublishError::Encode {
                     event_id: envelope.id,
                     topic: topic.to_owned(),
@@ -377,7 +378,7 @@ impl Bus {
                 );
                 let raw =
                     envelope
-                        .to_raw(&eda_core::JsonCodec)
+                        .to_raw(&commit.options.codec)
                         .map_err(|e| PublishError::Encode {
                             event_id: envelope.id,
                             topic: topic.to_owned(),

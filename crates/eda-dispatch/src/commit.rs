@@ -25,13 +25,15 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 pub(crate) struct CommitOptions {
     pub(crate) max_batch: usize,
     pub(crate) linger: Duration,
+    /// How the topic's event data is encoded.
+    pub(crate) codec: eda_core::ContentCodec,
 }
 
 /// The committer of one durable topic; its task starts with the first publish.
 pub(crate) struct GroupCommit {
     pub(crate) store: Arc<dyn EventStore>,
     topic: Arc<str>,
-    options: CommitOptions,
+    pub(crate) options: CommitOptions,
     sender: OnceLock<mpsc::Sender<(RawEvent, Reply)>>,
 }
 
@@ -216,6 +218,7 @@ mod tests {
             CommitOptions {
                 max_batch: 64,
                 linger: Duration::from_millis(5),
+                codec: Default::default(),
             },
         ));
         let mut tasks = Vec::new();

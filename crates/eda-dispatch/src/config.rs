@@ -21,6 +21,11 @@ pub struct TopicConfig {
     /// Slots of the topic's ring buffer (rounded up to a power of two; default: the
     /// bus's `queue_capacity`). Bounds how far any group may lag behind publishers.
     pub capacity: Option<usize>,
+    /// Durable topics: how event data is stored (default `json`). `postcard` is
+    /// compact binary and writes `dataschema = urn:eda:{type}:v{VERSION}`; a subscriber
+    /// whose type has another `Event::VERSION` gets a typed error (the record is
+    /// dead-lettered with it) instead of misreading the bytes.
+    pub codec: Option<eda_core::ContentCodec>,
     /// Durable topics: most records one store append carries when concurrent
     /// publishes are grouped (default 1000).
     pub commit_batch: Option<usize>,

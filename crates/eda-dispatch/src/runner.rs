@@ -99,7 +99,7 @@ fn settle(result: Result<(), eda_core::StoreError>, what: &str) {
 }
 
 /// A record for bytes that were not an event, so they can go to a dead-letter topic.
-fn undecodable_record(bytes: &eda_core::Bytes, source: &Arc<str>) -> eda_core::RawEvent {
+pub(crate) fn undecodable_record(bytes: &eda_core::Bytes, source: &Arc<str>) -> eda_core::RawEvent {
     eda_core::RawEvent {
         id: eda_core::EventId::new(),
         time: Timestamp::now(),

@@ -272,3 +272,75 @@ async fn publish_batch_on_a_durable_topic_is_all_or_nothing() {
     let stored: Vec<_> = stored.into_iter().map(|(_, r)| r.unwrap().id).collect();
     assert_eq!(stored, ids, "only the second batch, in order");
 }
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct OrderCreatedV2 {
+    order_id: u64,
+    customer: String,
+    total_cents: u64,
+}
+impl eda_core::Event for OrderCreatedV2 {
+    const TYPE: &'static str = "order.created";
+    const VERSION: u32 = 2;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postcard_topics_record_their_schema_and_refuse_another_version() {
+    let store = MemoryStore::new();
+    let mut config = eda_dispatch::BusConfig::default();
+    config.topics.insert(
+        "order.created".into(),
+        eda_dispatch::TopicConfig {
+            codec: Some(eda_core::ContentCodec::Postcard),
+            ..Default::default()
+        },
+    );
+    let bus = Bus::builder()
+        .config(config)
+        .durable_topic("order.created", store.clone())
+        .build();
+    let seen: Seen = Arc::default();
+    let _v1 = bus
+        .subscribe_with(SubscribeOptions::new().name("v1"), recording(&seen))
+        .unwrap();
+    let _v2 = bus
+        .subscribe_with(
+            SubscribeOptions::new().name("v2"),
+            |_e: Arc<Envelope<OrderCreatedV2>>, _ctx: Context| async {
+                panic!("a v1 record must not be decoded as v2")
+            },
+        )
+        .unwrap();
+    bus.publish(order(7)).await.unwrap();
+    wait_for("the v1 subscriber", || seen.lock().unwrap().len() == 1).await;
+    let stored = store
+        .read("order.created", ReadRange::default())
+        .await
+        .unwrap();
+    let record = stored[0].1.as_ref().unwrap();
+    assert_eq!(record.datacontenttype.as_deref(), Some(eda_core::POSTCARD));
+    assert_eq!(
+        record.dataschema.as_deref(),
+        Some("urn:eda:order.created:v1")
+    );
+    let mut letters = Vec::new();
+    wait_for_dead_letters(&store, &mut letters).await;
+    let reason = letters[0].metadata.header(DLQ_REASON).unwrap().to_owned();
+    assert!(reason.contains("another version"), "{reason}");
+    assert_eq!(letters[0].metadata.header(DLQ_SUBSCRIBER), Some("v2"));
+}
+
+async fn wait_for_dead_letters(store: &MemoryStore, letters: &mut Vec<eda_core::RawEvent>) {
+    for _ in 0..500 {
+        let dlq = store
+            .read("order.created.dlq", ReadRange::default())
+            .await
+            .unwrap();
+        if !dlq.is_empty() {
+            letters.extend(dlq.into_iter().map(|(_, r)| r.unwrap()));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no dead letter");
+}

@@ -77,6 +77,15 @@ fn seq_of(position: &Position) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::Invalid(format!("`{position}` is not an SQLite position")))
 }
 
+/// How much of a topic [`SqliteStore::prune`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// The newest `n` records.
+    MaxCount(u64),
+    /// Records whose CloudEvents `time` is at most this old.
+    MaxAge(Duration),
+}
+
 /// Options of a [`SqliteStore`].
 #[derive(Clone, Debug)]
 pub struct SqliteStoreBuilder {
@@ -236,6 +245,166 @@ impl SqliteStore {
         let flushed = self.inner.acks.flush().await;
         self.inner.pool.close().await;
         flushed
+    }
+
+    /// Appends `records` inside the caller's own transaction on this store's file: the
+    /// **transactional outbox**. The business write and the events commit together or
+    /// not at all; consumers see the events once the caller commits (those of this
+    /// process within their 50 ms poll). Same checks and idempotence as
+    /// [`EventStore::append`].
+    ///
+    /// ```
+    /// use eda_core::{Envelope, EventStore, JsonCodec, ReadRange};
+    /// use eda_store_sqlite::SqliteStore;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: u64 }
+    /// # impl eda_core::Event for OrderPlaced { const TYPE: &'static str = "order.placed"; }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = SqliteStore::open(dir.path().join("shop.db")).await?;
+    /// sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(store.pool()).await?;
+    ///
+    /// let mut tx = store.pool().begin().await?;
+    /// sqlx::query("INSERT INTO orders (id) VALUES (7)").execute(&mut *tx).await?;
+    /// let event = Envelope::new(OrderPlaced { id: 7 }).to_raw(&JsonCodec)?;
+    /// store.append_in(&mut tx, "orders", &[event]).await?;
+    /// tx.commit().await?; // the order row and its event, together
+    ///
+    /// assert_eq!(store.read("orders", ReadRange::default()).await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn append_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        topic: &str,
+        records: &[RawEvent],
+    ) -> Result<Vec<Position>, StoreError> {
+        if topic.is_empty() {
+            return Err(StoreError::Invalid("empty topic name".into()));
+        }
+        for r in records {
+            let size = stored_size(r);
+            if size > self.inner.max_record_bytes {
+                return Err(StoreError::TooLarge {
+                    size,
+                    max: self.inner.max_record_bytes,
+                });
+            }
+        }
+        let mut positions = Vec::with_capacity(records.len());
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO eda_events (topic, id, source, type, time, time_ms, \
+                 datacontenttype, dataschema, subject, traceparent, tracestate, \
+                 partitionkey, correlationid, causationid, extensions, data) ",
+            );
+            insert.push_values(chunk, |mut b, r| {
+                let m = &r.metadata;
+                b.push_bind(topic)
+                    .push_bind(r.id.to_string())
+                    .push_bind(&*r.source)
+                    .push_bind(&*r.event_type)
+                    .push_bind(r.time.to_rfc3339())
+                    .push_bind(r.time.unix_millis())
+                    .push_bind(r.datacontenttype.as_deref())
+                    .push_bind(r.dataschema.as_deref())
+                    .push_bind(m.subject.as_deref())
+                    .push_bind(m.traceparent.map(|t| t.to_string()))
+                    .push_bind(m.tracestate.as_deref())
+                    .push_bind(m.partition_key.as_deref())
+                    .push_bind(m.correlation_id.as_deref())
+                    .push_bind(m.causation_id.map(|c| c.to_string()))
+                    .push_bind(extensions_json(m))
+                    .push_bind(&r.data[..]);
+            });
+            insert.push(" ON CONFLICT (topic, id) DO NOTHING");
+            let done = insert
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if done.rows_affected() == chunk.len() as u64 {
+                // Every row is new. Within this write transaction an INSERT ... VALUES
+                // gives its rows consecutive AUTOINCREMENT sequences in VALUES order.
+                let last = done.last_insert_rowid();
+                let first = last - chunk.len() as i64 + 1;
+                positions.extend((first..=last).map(position));
+            } else {
+                // Some ids were stored already (a retried append): look every one up.
+                let mut select =
+                    QueryBuilder::<Sqlite>::new("SELECT id, seq FROM eda_events WHERE topic = ");
+                select.push_bind(topic).push(" AND id IN (");
+                let mut ids = select.separated(", ");
+                for r in chunk {
+                    ids.push_bind(r.id.to_string());
+                }
+                select.push(")");
+                let found: std::collections::HashMap<String, i64> = select
+                    .build_query_as::<(String, i64)>()
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .into_iter()
+                    .collect();
+                for r in chunk {
+                    let seq = found.get(&r.id.to_string()).ok_or_else(|| {
+                        StoreError::Unavailable(format!("record {} vanished", r.id))
+                    })?;
+                    positions.push(position(*seq));
+                }
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Deletes the oldest records of `topic` beyond `retention`, and returns how many
+    /// went. Retention is by position, as in Kafka: a group that had not read a deleted
+    /// record never will, and deliveries of deleted records in flight are dropped. Run
+    /// it periodically (e.g. from a `tokio::time::interval`).
+    pub async fn prune(&self, topic: &str, retention: Retention) -> Result<u64, StoreError> {
+        let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+        // The first sequence kept.
+        let keep_from: Option<i64> = match retention {
+            Retention::MaxCount(0) => Some(i64::MAX),
+            Retention::MaxCount(n) => sqlx::query_scalar(
+                "SELECT seq FROM eda_events WHERE topic = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            )
+            .bind(topic)
+            .bind(n.saturating_sub(1) as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?,
+            Retention::MaxAge(age) => {
+                let cutoff = now_ms() - age.as_millis() as i64;
+                let first: Option<i64> = sqlx::query_scalar(
+                    "SELECT MIN(seq) FROM eda_events WHERE topic = ? AND time_ms >= ?",
+                )
+                .bind(topic)
+                .bind(cutoff)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                // Nothing young enough: everything goes.
+                Some(first.unwrap_or(i64::MAX))
+            }
+        };
+        let Some(keep_from) = keep_from else {
+            return Ok(0); // fewer records than the count kept
+        };
+        let deleted = sqlx::query("DELETE FROM eda_events WHERE topic = ? AND seq < ?")
+            .bind(topic)
+            .bind(keep_from)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        sqlx::query("DELETE FROM eda_inflight WHERE topic = ? AND seq < ?")
+            .bind(topic)
+            .bind(keep_from)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(deleted)
     }
 
     /// The connection pool, e.g. for the caller's own queries in the same file.
@@ -607,83 +776,8 @@ impl EventStore for SqliteStore {
         records: Vec<RawEvent>,
     ) -> BoxFuture<'a, Result<Vec<Position>, StoreError>> {
         Box::pin(async move {
-            if topic.is_empty() {
-                return Err(StoreError::Invalid("empty topic name".into()));
-            }
-            for r in &records {
-                let size = stored_size(r);
-                if size > self.inner.max_record_bytes {
-                    return Err(StoreError::TooLarge {
-                        size,
-                        max: self.inner.max_record_bytes,
-                    });
-                }
-            }
             let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
-            let mut positions = Vec::with_capacity(records.len());
-            for chunk in records.chunks(INSERT_CHUNK) {
-                let mut insert = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO eda_events (topic, id, source, type, time, time_ms, \
-                     datacontenttype, dataschema, subject, traceparent, tracestate, \
-                     partitionkey, correlationid, causationid, extensions, data) ",
-                );
-                insert.push_values(chunk, |mut b, r| {
-                    let m = &r.metadata;
-                    b.push_bind(topic)
-                        .push_bind(r.id.to_string())
-                        .push_bind(&*r.source)
-                        .push_bind(&*r.event_type)
-                        .push_bind(r.time.to_rfc3339())
-                        .push_bind(r.time.unix_millis())
-                        .push_bind(r.datacontenttype.as_deref())
-                        .push_bind(r.dataschema.as_deref())
-                        .push_bind(m.subject.as_deref())
-                        .push_bind(m.traceparent.map(|t| t.to_string()))
-                        .push_bind(m.tracestate.as_deref())
-                        .push_bind(m.partition_key.as_deref())
-                        .push_bind(m.correlation_id.as_deref())
-                        .push_bind(m.causation_id.map(|c| c.to_string()))
-                        .push_bind(extensions_json(m))
-                        .push_bind(&r.data[..]);
-                });
-                insert.push(" ON CONFLICT (topic, id) DO NOTHING");
-                let done = insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                if done.rows_affected() == chunk.len() as u64 {
-                    // Every row is new. Within this write transaction an INSERT ... VALUES
-                    // gives its rows consecutive AUTOINCREMENT sequences in VALUES order.
-                    let last = done.last_insert_rowid();
-                    let first = last - chunk.len() as i64 + 1;
-                    positions.extend((first..=last).map(position));
-                } else {
-                    // Some ids were stored already (a retried append): look every one up.
-                    let mut select = QueryBuilder::<Sqlite>::new(
-                        "SELECT id, seq FROM eda_events WHERE topic = ",
-                    );
-                    select.push_bind(topic).push(" AND id IN (");
-                    let mut ids = select.separated(", ");
-                    for r in chunk {
-                        ids.push_bind(r.id.to_string());
-                    }
-                    select.push(")");
-                    let found: std::collections::HashMap<String, i64> = select
-                        .build_query_as::<(String, i64)>()
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(unavailable)?
-                        .into_iter()
-                        .collect();
-                    for r in chunk {
-                        let seq = found.get(&r.id.to_string()).ok_or_else(|| {
-                            StoreError::Unavailable(format!("record {} vanished", r.id))
-                        })?;
-                        positions.push(position(*seq));
-                    }
-                }
-            }
+            let positions = self.append_in(&mut tx, topic, &records).await?;
             tx.commit().await.map_err(unavailable)?;
             self.inner.notify.notify_waiters();
             Ok(positions)
