@@ -25,6 +25,12 @@ pub trait Harness: Send + Sync + 'static {
     fn store(&self) -> BoxFuture<'_, Self::Store>;
     /// Writes a record into `topic` that does not decode as a CloudEvent.
     fn write_garbage<'a>(&'a self, store: &'a Self::Store, topic: &'a str) -> BoxFuture<'a, ()>;
+    /// Why the store's service cannot be reached, if it cannot: the scenario is then
+    /// skipped with that reason ([`backend::skip`](crate::backend::skip): a failure
+    /// under `CI=true`). Default: always available.
+    fn unavailable(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(std::future::ready(None))
+    }
 }
 
 /// The payload the suite publishes.
@@ -587,6 +593,10 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() {
                 let harness = $harness;
+                if let Some(reason) = $crate::Harness::unavailable(&harness).await {
+                    $crate::backend::skip(concat!(module_path!(), "::", stringify!($scenario)), &reason);
+                    return;
+                }
                 $crate::conformance::$scenario(&harness).await;
             }
         )*

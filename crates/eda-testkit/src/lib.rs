@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod conformance;
 mod memory;
 

@@ -1,0 +1,2 @@
+//! Redis store benchmarks (filled in below).
+fn main() {}

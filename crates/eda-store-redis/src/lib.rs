@@ -1,0 +1,815 @@
+//! The Redis Streams store of [eda](https://docs.rs/eda): one stream per topic, consumer
+//! groups shared by any number of processes, redelivery of what stays pending past the
+//! visibility timeout (`XAUTOCLAIM` by any live consumer of the group), delivery counts
+//! kept by Redis (so they survive a crash of the consumer), batched `XACK`, replay with
+//! `XRANGE`, retention by `MAXLEN ~` or `MINID ~`. It implements [`EventStore`],
+//! [`OffsetStore`] and [`LeaseStore`] and passes the `eda-testkit` conformance suite
+//! against a real Redis.
+//!
+//! Entries carry one field per CloudEvents attribute, named as in the CloudEvents Kafka
+//! binding (`ce_id`, `ce_source`, `ce_type`, `ce_time`, `content-type`,
+//! `ce_traceparent`, ...), and the data in a binary-safe `data` field, so
+//! `redis-cli XRANGE eda:{orders} - +` shows readable events.
+//!
+//! ```no_run
+//! use eda_core::{ConsumeOptions, Envelope, EventStore, JsonCodec, StartFrom};
+//! use eda_store_redis::RedisStreamStore;
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Ping { n: u32 }
+//! # impl eda_core::Event for Ping { const TYPE: &'static str = "ping"; }
+//! use futures_util::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStreamStore::connect("redis://127.0.0.1:6379").await?;
+//! store.append("pings", vec![Envelope::new(Ping { n: 1 }).to_raw(&JsonCodec)?]).await?;
+//!
+//! let options = ConsumeOptions { start: StartFrom::Beginning, ..Default::default() };
+//! let mut deliveries = store.subscribe("pings", "counter", "worker-1", options).await?;
+//! let delivery = deliveries.next().await.unwrap()?;
+//! delivery.ack().await?; // batched XACK
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Security
+//!
+//! `redis://user:password@host:6379/0` authenticates with ACL credentials;
+//! `rediss://...` uses TLS (feature `rustls`). Errors and logs name the host, never the
+//! credentials: connection errors are reported through [`StoreError::Unavailable`] with
+//! the URL's password removed.
+#![forbid(unsafe_code)]
+
+mod fields;
+mod scripts;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eda_core::{
+    AckBatchOptions, AckBatcher, AckHandle, BoxFuture, ConsumeOptions, Delivery, DeliveryStream,
+    EventStore, Features, FlushAcks, LeaseStore, OffsetStore, Position, RawEvent, ReadRange,
+    StartFrom, StoreError, Undecodable,
+};
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, HashesInterface, StreamsInterface};
+use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::scripts::Script;
+use fred::types::{Builder, Value};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// A Redis error as a store error, without credentials (fred's errors carry none; the
+/// URL is never part of them).
+fn unavailable(e: fred::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// How much of a stream Redis keeps: applied by every append (`XADD ... ~`, so Redis
+/// trims whole macro nodes, cheaply, keeping at least this much).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamRetention {
+    /// About the newest `n` entries (`MAXLEN ~ n`).
+    MaxLen(u64),
+    /// Entries appended within this age (`MINID ~ <now - age>`).
+    MaxAge(Duration),
+}
+
+/// Options of a [`RedisStreamStore`].
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    retention: Option<StreamRetention>,
+    dedup_window: Duration,
+    max_record_bytes: usize,
+    command_timeout: Duration,
+    block: Duration,
+    acks: AckBatchOptions,
+}
+
+impl RedisStoreBuilder {
+    /// Prefix of every key (default `"eda:"`): the stream of topic `orders` is
+    /// `eda:{orders}` (the braces keep a topic's keys in one cluster slot).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+    /// Trim streams on append (default: keep everything).
+    pub fn retention(mut self, retention: StreamRetention) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+    /// How long an appended event id is remembered, so that a retried append within it
+    /// stores the event once (default 24 h; one small key per event).
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self
+    }
+    /// Largest record accepted: its data plus its fields (default 1 MiB).
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+    /// How long a command may take, reconnection included, before it fails with
+    /// `StoreError::Unavailable` (default 5 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+    /// How long an idle consumer blocks in `XREADGROUP` before it looks for entries to
+    /// claim again (default 200 ms; nacked entries come back within about this long).
+    pub fn block(mut self, block: Duration) -> Self {
+        self.block = block.max(Duration::from_millis(1));
+        self
+    }
+    /// When acks are written (batched `XACK`; see [`eda_core::ack_batch`]).
+    pub fn ack_batching(mut self, options: AckBatchOptions) -> Self {
+        self.acks = options;
+        self
+    }
+
+    fn client(&self) -> Result<Client, StoreError> {
+        let config = Config::from_url(&self.url)
+            .map_err(|e| StoreError::Invalid(format!("redis url `{}`: {e}", redact(&self.url))))?;
+        let timeout = self.command_timeout;
+        Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.max_command_attempts = 3;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()
+            .map_err(unavailable)
+    }
+
+    /// Connects and loads the scripts.
+    pub async fn connect(self) -> Result<RedisStreamStore, StoreError> {
+        let client = self.client()?;
+        client
+            .init()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("redis at {}: {e}", redact(&self.url))))?;
+        let scripts = Scripts {
+            append: Script::from_lua(scripts::APPEND),
+            claim: Script::from_lua(scripts::CLAIM),
+            ack: Script::from_lua(scripts::ACK),
+            settle: Script::from_lua(scripts::SETTLE),
+            lease_acquire: Script::from_lua(scripts::LEASE_ACQUIRE),
+            lease_release: Script::from_lua(scripts::LEASE_RELEASE),
+        };
+        let scripts = Arc::new(scripts);
+        let acks = AckBatcher::spawn(
+            AckWriter {
+                client: client.clone(),
+                scripts: scripts.clone(),
+            },
+            self.acks,
+        );
+        Ok(RedisStreamStore {
+            inner: Arc::new(Inner {
+                client,
+                scripts,
+                acks,
+                options: self,
+            }),
+        })
+    }
+}
+
+struct Scripts {
+    append: Script,
+    claim: Script,
+    ack: Script,
+    settle: Script,
+    lease_acquire: Script,
+    lease_release: Script,
+}
+
+/// Durable topics in Redis Streams. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RedisStreamStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    scripts: Arc<Scripts>,
+    acks: AckBatcher<AckKey>,
+    options: RedisStoreBuilder,
+}
+
+impl RedisStreamStore {
+    /// Options for the server at `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` with the `rustls` feature).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "eda:".into(),
+            retention: None,
+            dedup_window: Duration::from_secs(24 * 3600),
+            max_record_bytes: 1024 * 1024,
+            command_timeout: Duration::from_secs(5),
+            block: Duration::from_millis(200),
+            acks: AckBatchOptions::default(),
+        }
+    }
+
+    /// Connects with default options.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// The connection, e.g. for commands of the caller's own.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The stream key of `topic`.
+    pub fn stream_key(&self, topic: &str) -> String {
+        format!("{}{{{topic}}}", self.inner.options.prefix)
+    }
+
+    /// Writes the queued acks and closes the connection.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.inner.acks.flush().await;
+        let _ = self.inner.client.quit().await;
+        flushed
+    }
+
+    async fn ensure_group(
+        client: &Client,
+        key: &str,
+        group: &str,
+        start: &StartFrom,
+    ) -> Result<(), StoreError> {
+        let id = match start {
+            StartFrom::Beginning => "0".to_owned(),
+            StartFrom::NewOnly => "$".to_owned(),
+            StartFrom::After(p) => p.as_str().to_owned(),
+        };
+        let created: Result<Value, _> = client.xgroup_create(key, group, id, true).await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    fn delivery(
+        &self,
+        key: &Arc<str>,
+        group: &Arc<str>,
+        consumer: &Arc<str>,
+        id: String,
+        count: u32,
+        fields: &Value,
+    ) -> Delivery {
+        let pairs = fields::pairs(fields);
+        let record = fields::decode(&pairs);
+        Delivery::new(
+            Position::new(id.clone()),
+            count,
+            record,
+            Box::new(RedisAck {
+                store: self.clone(),
+                key: AckKey {
+                    stream: key.clone(),
+                    group: group.clone(),
+                    consumer: consumer.clone(),
+                    id,
+                    count,
+                },
+            }),
+        )
+    }
+}
+
+/// A delivered entry, as the ack script checks it.
+struct AckKey {
+    stream: Arc<str>,
+    group: Arc<str>,
+    consumer: Arc<str>,
+    id: String,
+    count: u32,
+}
+
+struct AckWriter {
+    client: Client,
+    scripts: Arc<Scripts>,
+}
+
+impl FlushAcks<AckKey> for AckWriter {
+    fn flush_acks<'a>(&'a self, batch: &'a [AckKey]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut by_holder: HashMap<(&str, &str, &str), Vec<String>> = HashMap::new();
+            for k in batch {
+                by_holder
+                    .entry((&k.stream, &k.group, &k.consumer))
+                    .or_default()
+                    .extend([k.id.clone(), k.count.to_string()]);
+            }
+            for ((stream, group, consumer), pairs) in by_holder {
+                let mut args = Vec::with_capacity(pairs.len() + 2);
+                args.push(group.to_owned());
+                args.push(consumer.to_owned());
+                args.extend(pairs);
+                let _: i64 = self
+                    .scripts
+                    .ack
+                    .evalsha_with_reload(&self.client, stream, args)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct RedisAck {
+    store: RedisStreamStore,
+    key: AckKey,
+}
+
+impl RedisAck {
+    async fn settle(&self, mode: &str, ms: u64) -> Result<(), StoreError> {
+        let k = &self.key;
+        let args = vec![
+            k.group.to_string(),
+            k.consumer.to_string(),
+            k.id.clone(),
+            k.count.to_string(),
+            mode.to_owned(),
+            ms.to_string(),
+        ];
+        let held: i64 = self
+            .store
+            .inner
+            .scripts
+            .settle
+            .evalsha_with_reload(&self.store.inner.client, &*k.stream, args)
+            .await
+            .map_err(unavailable)?;
+        if held == 0 {
+            return Err(StoreError::NotHeld(Position::new(k.id.clone())));
+        }
+        Ok(())
+    }
+}
+
+impl AckHandle for RedisAck {
+    fn ack(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let k = &self.key;
+        self.store.inner.acks.push(AckKey {
+            stream: k.stream.clone(),
+            group: k.group.clone(),
+            consumer: k.consumer.clone(),
+            id: k.id.clone(),
+            count: k.count,
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn nack(&self, _reason: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.settle("nack", 0))
+    }
+    fn extend(&self, by: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.settle("extend", by.as_millis() as u64))
+    }
+}
+
+/// One subscription's state between deliveries.
+struct Consumer {
+    store: RedisStreamStore,
+    /// A connection of its own: `XREADGROUP ... BLOCK` holds it.
+    reader: Client,
+    key: Arc<str>,
+    group: Arc<str>,
+    name: Arc<str>,
+    options: ConsumeOptions,
+    cursor: String,
+    buffered: VecDeque<Delivery>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let reader = self.reader.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = reader.quit().await;
+            });
+        }
+    }
+}
+
+impl Consumer {
+    /// Fills the buffer: entries to redeliver first, then new ones (blocking a while
+    /// when there are none).
+    async fn fetch(&mut self) -> Result<(), StoreError> {
+        let inner = &self.store.inner;
+        // Acks of this process first, in one round trip per holder.
+        if !inner.acks.is_empty() {
+            inner.acks.flush().await?;
+        }
+        let count = self.options.batch_size.max(1);
+        let claimed: Value = match inner
+            .scripts
+            .claim
+            .evalsha_with_reload(
+                &inner.client,
+                &*self.key,
+                vec![
+                    self.group.to_string(),
+                    self.name.to_string(),
+                    self.options.visibility_timeout.as_millis().to_string(),
+                    self.cursor.clone(),
+                    count.to_string(),
+                ],
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.details().contains("NOGROUP") => {
+                self.recreate_group().await?;
+                return Ok(());
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        if let Value::Array(items) = claimed {
+            let mut items = items.into_iter();
+            self.cursor = items
+                .next()
+                .and_then(|c| fields::string_of(&c))
+                .unwrap_or_else(|| "0-0".into());
+            for item in items {
+                let Value::Array(entry) = item else { continue };
+                let (Some(id), Some(n), Some(fields)) = (
+                    entry.first().and_then(fields::string_of),
+                    entry.get(1).and_then(|v| v.as_u64()),
+                    entry.get(2),
+                ) else {
+                    continue;
+                };
+                let d =
+                    self.store
+                        .delivery(&self.key, &self.group, &self.name, id, n as u32, fields);
+                self.buffered.push_back(d);
+            }
+        }
+        if !self.buffered.is_empty() {
+            return Ok(());
+        }
+        let block = inner.options.block.as_millis() as u64;
+        let read: Result<Value, _> = self
+            .reader
+            .xreadgroup(
+                &*self.group,
+                &*self.name,
+                Some(count as u64),
+                Some(block),
+                false,
+                &*self.key,
+                ">",
+            )
+            .await;
+        let read = match read {
+            Ok(v) => v,
+            Err(e) if e.details().contains("NOGROUP") => {
+                self.recreate_group().await?;
+                return Ok(());
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        for entry in stream_entries(&read) {
+            let d = self
+                .store
+                .delivery(&self.key, &self.group, &self.name, entry.0, 1, entry.1);
+            self.buffered.push_back(d);
+        }
+        Ok(())
+    }
+
+    /// The stream or the group vanished (Redis restarted without persistence, or the
+    /// key was deleted): create them again.
+    async fn recreate_group(&self) -> Result<(), StoreError> {
+        tracing::warn!(stream = %self.key, group = %self.group, "consumer group missing; recreating it");
+        RedisStreamStore::ensure_group(
+            &self.store.inner.client,
+            &self.key,
+            &self.group,
+            &self.options.start,
+        )
+        .await
+    }
+}
+
+/// `(id, fields)` of the entries of an `XREADGROUP`/`XREAD` reply for one stream (RESP2:
+/// `[[key, [[id, [f, v, ...]], ...]]]`; RESP3 maps are handled too).
+fn stream_entries(reply: &Value) -> Vec<(String, &Value)> {
+    let streams: Vec<&Value> = match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(kv) if kv.len() == 2 => Some(&kv[1]),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map.values().collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        if let Value::Array(entries) = entries {
+            for entry in entries {
+                if let Value::Array(e) = entry
+                    && let (Some(id), Some(fields)) =
+                        (e.first().and_then(fields::string_of), e.get(1))
+                {
+                    out.push((id, fields));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl EventStore for RedisStreamStore {
+    fn features(&self) -> Features {
+        Features::none()
+            .ordered_per_key(true)
+            .redelivers_to_other_consumers(true)
+            .persistent(true)
+    }
+
+    fn append<'a>(
+        &'a self,
+        topic: &'a str,
+        records: Vec<RawEvent>,
+    ) -> BoxFuture<'a, Result<Vec<Position>, StoreError>> {
+        Box::pin(async move {
+            if topic.is_empty() {
+                return Err(StoreError::Invalid("empty topic name".into()));
+            }
+            if records.is_empty() {
+                return Ok(Vec::new());
+            }
+            let options = &self.inner.options;
+            let key = self.stream_key(topic);
+            let (trim, value) = match options.retention {
+                None => (String::new(), String::new()),
+                Some(StreamRetention::MaxLen(n)) => ("MAXLEN".into(), n.to_string()),
+                Some(StreamRetention::MaxAge(age)) => (
+                    "MINID".into(),
+                    format!("{}-0", now_ms().saturating_sub(age.as_millis() as u64)),
+                ),
+            };
+            let mut args: Vec<Value> = Vec::with_capacity(4 + records.len() * 16);
+            args.push(format!("{key}:id:").into());
+            args.push((options.dedup_window.as_millis().max(1) as i64).into());
+            args.push(trim.into());
+            args.push(value.into());
+            for r in &records {
+                let fields = fields::encode(r);
+                let size = fields::size(&fields);
+                if size > options.max_record_bytes {
+                    return Err(StoreError::TooLarge {
+                        size,
+                        max: options.max_record_bytes,
+                    });
+                }
+                args.push(((fields.len() * 2) as i64).into());
+                for (name, value) in fields {
+                    args.push(name.into());
+                    args.push(Value::Bytes(value));
+                }
+            }
+            let ids: Vec<String> = self
+                .inner
+                .scripts
+                .append
+                .evalsha_with_reload(&self.inner.client, key, args)
+                .await
+                .map_err(unavailable)?;
+            Ok(ids.into_iter().map(Position::new).collect())
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<DeliveryStream, StoreError>> {
+        Box::pin(async move {
+            if topic.is_empty() || group.is_empty() || consumer.is_empty() {
+                return Err(StoreError::Invalid(
+                    "topic, group and consumer names must not be empty".into(),
+                ));
+            }
+            let key = self.stream_key(topic);
+            Self::ensure_group(&self.inner.client, &key, group, &options.start).await?;
+            let reader = self.inner.client.clone_new();
+            reader.init().await.map_err(unavailable)?;
+            let state = Consumer {
+                store: self.clone(),
+                reader,
+                key: key.into(),
+                group: group.into(),
+                name: consumer.into(),
+                options,
+                cursor: "0-0".into(),
+                buffered: VecDeque::new(),
+            };
+            let stream = futures_util::stream::unfold(state, |mut state| async move {
+                loop {
+                    if let Some(d) = state.buffered.pop_front() {
+                        return Some((Ok(d), state));
+                    }
+                    if let Err(e) = state.fetch().await {
+                        return Some((Err(e), state));
+                    }
+                }
+            });
+            Ok(Box::pin(stream) as DeliveryStream)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        range: ReadRange,
+    ) -> BoxFuture<'a, Result<Vec<(Position, Result<RawEvent, Undecodable>)>, StoreError>> {
+        Box::pin(async move {
+            let key = self.stream_key(topic);
+            let mut start = match &range.after {
+                Some(p) => format!("({}", p.as_str()),
+                None => "-".to_owned(),
+            };
+            if range.after.is_none()
+                && let Some(since) = range.since
+            {
+                // Entry ids are append times; an event is appended after its time.
+                start = format!("{}-0", since.unix_millis().max(0));
+            }
+            let mut out = Vec::new();
+            loop {
+                let page = 1000;
+                let entries: Value = self
+                    .inner
+                    .client
+                    .xrange(&key, start.as_str(), "+", Some(page))
+                    .await
+                    .map_err(unavailable)?;
+                let Value::Array(entries) = entries else {
+                    break;
+                };
+                let n = entries.len();
+                for entry in &entries {
+                    let Value::Array(e) = entry else { continue };
+                    let (Some(id), Some(fields)) =
+                        (e.first().and_then(fields::string_of), e.get(1))
+                    else {
+                        continue;
+                    };
+                    start = format!("({id}");
+                    let record = fields::decode(&fields::pairs(fields));
+                    if let (Some(since), Ok(r)) = (range.since, &record)
+                        && r.time < since
+                    {
+                        continue;
+                    }
+                    out.push((Position::new(id), record));
+                    if range.limit > 0 && out.len() >= range.limit {
+                        return Ok(out);
+                    }
+                }
+                if n < page as usize {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Appends are acknowledged by Redis when they return; acks may be queued.
+        Box::pin(self.inner.acks.flush())
+    }
+}
+
+impl OffsetStore for RedisStreamStore {
+    fn commit<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}offsets:{{{topic}}}:{group}", self.inner.options.prefix);
+            let _: Value = self
+                .inner
+                .client
+                .hset(key, (partition.to_string(), offset))
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+    fn committed<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+    ) -> BoxFuture<'a, Result<Option<i64>, StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}offsets:{{{topic}}}:{group}", self.inner.options.prefix);
+            self.inner
+                .client
+                .hget(key, partition.to_string())
+                .await
+                .map_err(unavailable)
+        })
+    }
+}
+
+impl LeaseStore for RedisStreamStore {
+    fn acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}lease:{name}", self.inner.options.prefix);
+            let held: i64 = self
+                .inner
+                .scripts
+                .lease_acquire
+                .evalsha_with_reload(
+                    &self.inner.client,
+                    key,
+                    vec![holder.to_owned(), ttl.as_millis().max(1).to_string()],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(held == 1)
+        })
+    }
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = format!("{}lease:{name}", self.inner.options.prefix);
+            let _: i64 = self
+                .inner
+                .scripts
+                .lease_release
+                .evalsha_with_reload(&self.inner.client, key, vec![holder.to_owned()])
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eda_core::Bytes;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("redis://app:s3cret@db:6379/0"),
+            "redis://app:***@db:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("rediss://:pw@h"), "rediss://:***@h");
+    }
+
+    #[test]
+    fn bytes_are_kept_as_given() {
+        let b = Bytes::from_static(b"\x00\xff");
+        assert_eq!(fields::bytes_of(&Value::Bytes(b.clone())), Some(b));
+    }
+}

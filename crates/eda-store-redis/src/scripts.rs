@@ -1,0 +1,110 @@
+//! Lua scripts: each runs atomically on the server, so checks and writes cannot race
+//! with other consumers.
+
+/// Appends a batch. KEYS[1]: the stream. ARGV: id-key prefix, dedup window (ms), trim
+/// kind (`""`, `MAXLEN` or `MINID`), trim value, then per record: its field count `n`
+/// and `n` field/value arguments, `ce_id` first. A record whose id was appended within
+/// the window is not appended again; its first stream id is returned instead.
+pub(crate) const APPEND: &str = r#"
+local out = {}
+local i = 5
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local idkey = ARGV[1] .. ARGV[i + 2]
+  local existing = redis.call('GET', idkey)
+  if existing then
+    out[#out + 1] = existing
+  else
+    local args = {KEYS[1]}
+    if ARGV[3] ~= '' then
+      args[#args + 1] = ARGV[3]
+      args[#args + 1] = '~'
+      args[#args + 1] = ARGV[4]
+    end
+    args[#args + 1] = '*'
+    for j = i + 1, i + n do
+      args[#args + 1] = ARGV[j]
+    end
+    local sid = redis.call('XADD', unpack(args))
+    redis.call('SET', idkey, sid, 'PX', ARGV[2])
+    out[#out + 1] = sid
+  end
+  i = i + n + 1
+end
+return out
+"#;
+
+/// Claims entries of the group idle for at least the visibility timeout (timed out or
+/// nacked) for this consumer, with their delivery counts. KEYS[1]: the stream. ARGV:
+/// group, consumer, min idle (ms), cursor, count. Returns `{next cursor, {id, count,
+/// fields}...}`.
+pub(crate) const CLAIM: &str = r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local out = {r[1]}
+for _, e in ipairs(r[2]) do
+  if type(e) == 'table' and type(e[2]) == 'table' then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local count = 1
+    if p[1] then count = p[1][4] end
+    out[#out + 1] = {e[1], count, e[2]}
+  end
+end
+return out
+"#;
+
+/// Acks deliveries still held. KEYS[1]: the stream. ARGV: group, consumer, then
+/// id/delivery-count pairs. An entry is acked only if this consumer holds it and its
+/// delivery count is the one delivered (so a stale handle, after a redelivery, does
+/// nothing). Returns how many were acked.
+pub(crate) const ACK: &str = r#"
+local n = 0
+for i = 3, #ARGV, 2 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] and tostring(p[1][4]) == ARGV[i + 1] then
+    n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  end
+end
+return n
+"#;
+
+/// Sets a held delivery's idle time (without counting a delivery). KEYS[1]: the
+/// stream. ARGV: group, consumer, id, delivery count, mode (`nack` or `extend`),
+/// milliseconds. `nack`: idle as long as Redis allows, so any consumer's next claim
+/// takes it at once. `extend`: idle decreases by ARGV[6] (not below 0). Returns 1, or 0 when the
+/// delivery is no longer held.
+pub(crate) const SETTLE: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then
+  return 0
+end
+local idle = tonumber(ARGV[6])
+if ARGV[5] == 'nack' then
+  -- Redis clamps a delivery time before the epoch to now, so the longest idle time
+  -- that sticks is "delivered at the epoch" (server clock).
+  local t = redis.call('TIME')
+  idle = tonumber(t[1]) * 1000 - 1000
+elseif ARGV[5] == 'extend' then
+  idle = p[1][3] - idle
+  if idle < 0 then idle = 0 end
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', idle, 'JUSTID')
+return 1
+"#;
+
+/// Takes or renews a lease. KEYS[1]: the lease key. ARGV: holder, ttl (ms).
+pub(crate) const LEASE_ACQUIRE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if not holder or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Gives a lease up if `holder` has it. KEYS[1]: the lease key. ARGV: holder.
+pub(crate) const LEASE_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
