@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
                  \x20                 ring stress (release), loom models, docs\n\
-                 bench [bus|ring|sqlite] [filter]\n\
+                 bench [bus|ring|sqlite|redis] [filter]\n\
                  \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
@@ -194,17 +194,17 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [bus|ring|sqlite] [filter]`: every benchmark program by default.
+/// `cargo xtask bench [bus|ring|sqlite|redis] [filter]`: every benchmark program by default.
 fn bench(args: &[String]) -> Result<(), String> {
     let (benches, filter): (Vec<&str>, &[String]) = match args.first().map(String::as_str) {
-        Some(b @ ("bus" | "ring" | "sqlite")) => (vec![b], &args[1..]),
-        _ => (vec!["bus", "ring", "sqlite"], args),
+        Some(b @ ("bus" | "ring" | "sqlite" | "redis")) => (vec![b], &args[1..]),
+        _ => (vec!["bus", "ring", "sqlite", "redis"], args),
     };
     for bench in benches {
-        let package = if bench == "sqlite" {
-            "eda-store-sqlite"
-        } else {
-            "eda-dispatch"
+        let package = match bench {
+            "sqlite" => "eda-store-sqlite",
+            "redis" => "eda-store-redis",
+            _ => "eda-dispatch",
         };
         let mut cmd = cargo();
         cmd.args(["bench", "-p", package, "--bench", bench, "--"]);
@@ -250,6 +250,11 @@ fn services_status() -> Result<(), String> {
 }
 
 fn services_up() -> Result<(), String> {
+    // The Redis reconnect test runs a private redis-server of its own.
+    if !have("redis-server") {
+        eprintln!("services: installing redis-server (the reconnect test starts its own)");
+        apt_install(&["redis-server"])?;
+    }
     for s in SERVICES {
         if answers(s.default_addr) {
             eprintln!("services: {} answers on {}", s.name, s.default_addr);

@@ -1,4 +1,4 @@
-use eda_core::{CodecError, EnvelopeError};
+use eda_core::{CodecError, EnvelopeError, StoreError};
 use eda_dispatch::{PublishError, SubscribeError};
 
 /// Any eda error. Each crate's typed error converts into it with `?`.
@@ -17,4 +17,7 @@ pub enum Error {
     /// A payload did not encode or decode.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }

@@ -43,10 +43,12 @@
 //! | `eda-core` | events, CloudEvents envelopes, codecs, handler/middleware/interceptor traits |
 //! | `eda-dispatch` | the in-process [`Bus`] on a ring buffer, groups, lifecycle |
 //! | `eda-store-sqlite` | durable topics in an SQLite file (feature `sqlite`) |
+//! | `eda-store-redis` | durable topics in Redis Streams, shared by a fleet (feature `redis`) |
 //!
 //! ## Features
-//! `default` is the in-process bus only; `sqlite` adds the SQLite store; `full` turns on
-//! every backend as they are added (`redis`, `kafka`, `dedup`, `observe` to come).
+//! `default` is the in-process bus only; `sqlite` adds the SQLite store, `redis` the
+//! Redis Streams store (`redis-tls` with `rediss://` through rustls); `full` turns on
+//! every backend as they are added (`kafka`, `dedup`, `observe` to come).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -63,12 +65,16 @@ pub use eda_core::{
 };
 pub use eda_dispatch::{
     Backpressure, Balancer, Bus, BusBuilder, BusConfig, BusStats, DeliveryMode, Executor,
-    PublishError, RetryPolicy, ShutdownReport, SubscribeError, SubscribeOptions, Subscription,
-    SyncFailure, TopicConfig, TypePattern, current_cause,
+    ForwardOptions, Forwarder, PublishError, RetryPolicy, ShutdownReport, SubscribeError,
+    SubscribeOptions, Subscription, SyncFailure, ToStore, TopicConfig, TypePattern, current_cause,
 };
 
 /// The vocabulary crate, for what the facade does not re-export.
 pub use eda_core as core;
+/// The Redis Streams store.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use eda_store_redis as redis;
 /// The SQLite store.
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
