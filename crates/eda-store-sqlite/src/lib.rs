@@ -407,6 +407,60 @@ impl SqliteStore {
         Ok(deleted)
     }
 
+    /// The **transactional inbox**: marks `key` (usually the event id) as handled by
+    /// `group` inside the caller's transaction, and says whether this is the first
+    /// time. Do the handler's writes in the same transaction and commit it before
+    /// acking: the effect and the mark commit together, so a redelivery after any
+    /// crash finds the mark (exactly-once effect), and a crash before the commit leaves
+    /// neither (the redelivery does the work).
+    ///
+    /// ```
+    /// use eda_store_sqlite::SqliteStore;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = SqliteStore::open(dir.path().join("ledger.db")).await?;
+    /// sqlx::query("CREATE TABLE payments (order_id INTEGER)").execute(store.pool()).await?;
+    /// for _delivery in 0..2 { // the same event, delivered twice
+    ///     let mut tx = store.pool().begin().await?;
+    ///     if store.inbox_mark(&mut tx, "ledger", "0193a4e0-event-id").await? {
+    ///         sqlx::query("INSERT INTO payments VALUES (17)").execute(&mut *tx).await?;
+    ///     }
+    ///     tx.commit().await?;
+    /// }
+    /// let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments").fetch_one(store.pool()).await?;
+    /// assert_eq!(n, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn inbox_mark(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        group: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO eda_inbox (grp, key, seen_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (grp, key) DO NOTHING",
+        )
+        .bind(group)
+        .bind(key)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes inbox marks older than `age` (the dedup window): redeliveries older than
+    /// that are handled again. Returns how many went.
+    pub async fn prune_inbox(&self, age: Duration) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM eda_inbox WHERE seen_ms < ?")
+            .bind(now_ms() - age.as_millis() as i64)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+
     /// The connection pool, e.g. for the caller's own queries in the same file.
     pub fn pool(&self) -> &SqlitePool {
         &self.inner.pool

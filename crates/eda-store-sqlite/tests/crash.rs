@@ -26,10 +26,13 @@ impl Event for Work {
     const TYPE: &'static str = "crash.work";
 }
 
-fn child(db: &std::path::Path, log: &std::path::Path, last: bool) -> Child {
+fn child(db: &std::path::Path, log: &std::path::Path, last: bool, inbox: bool) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     if last {
         cmd.env("EDA_CRASH_FINAL", "1");
+    }
+    if inbox {
+        cmd.env("EDA_CRASH_INBOX", "1");
     }
     cmd.args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("EDA_CRASH_CHILD", db)
@@ -79,6 +82,7 @@ async fn crash_child() {
         .await
         .unwrap();
     let final_run = std::env::var_os("EDA_CRASH_FINAL").is_some();
+    let inbox = std::env::var_os("EDA_CRASH_INBOX").is_some();
     let started = std::time::Instant::now();
     loop {
         let delivery = match tokio::time::timeout(Duration::from_secs(1), deliveries.next()).await {
@@ -102,6 +106,19 @@ async fn crash_child() {
             .unwrap()
             .payload
             .n;
+        if inbox {
+            // The effect and the inbox mark commit together, then the ack.
+            let mut tx = store.pool().begin().await.unwrap();
+            let id = delivery.record.as_ref().unwrap().id.to_string();
+            if store.inbox_mark(&mut tx, "g", &id).await.unwrap() {
+                sqlx::query("INSERT INTO effects (n) VALUES (?)")
+                    .bind(n as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
         // The side effect first, then the ack: a kill in between is a duplicate, never a loss.
         // One write syscall per line: a kill cannot leave a torn line for the next child
         // to append to (writeln! may write the number and the newline separately).
@@ -116,6 +133,21 @@ async fn sigkilled_consumers_lose_nothing() {
     if std::env::var_os("EDA_CRASH_CHILD").is_some() {
         return;
     }
+    crash_test(false).await;
+}
+
+/// The same kills, with the transactional inbox: every effect exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_consumers_with_the_inbox_have_each_effect_once() {
+    if std::env::var_os("EDA_CRASH_CHILD").is_some() {
+        return;
+    }
+    crash_test(true).await;
+}
+
+async fn crash_test(inbox: bool) {
+    // One transaction per event with the inbox: fewer events, as many kills.
+    let events: u64 = if inbox { 10_000 } else { EVENTS };
     let seed = std::env::var("EDA_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -125,7 +157,11 @@ async fn sigkilled_consumers_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (db, log) = (dir.path().join("crash.db"), dir.path().join("handled.log"));
     let store = SqliteStore::open(&db).await.unwrap();
-    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
+    sqlx::query("CREATE TABLE effects (n INTEGER NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(1000) {
         let records = chunk
             .iter()
             .map(|&n| Envelope::new(Work { n }).to_raw(&JsonCodec).unwrap())
@@ -141,7 +177,7 @@ async fn sigkilled_consumers_lose_nothing() {
     };
     let mut kills = 0;
     while kills < KILLS {
-        let mut c = child(&db, &log, false);
+        let mut c = child(&db, &log, false, inbox);
         let before = handled(&log).len();
         let wait = Duration::from_millis(rng.u64(50..400));
         let started = Instant::now();
@@ -162,22 +198,22 @@ async fn sigkilled_consumers_lose_nothing() {
     }
     assert!(
         kills >= KILLS,
-        "the consumer finished before {KILLS} kills; raise EVENTS"
+        "the consumer finished before {KILLS} kills; raise events"
     );
     // A last consumer runs to the end (unacked records come back after 500 ms).
-    let status = child(&db, &log, true).wait().unwrap();
+    let status = child(&db, &log, true, inbox).wait().unwrap();
     assert!(status.success());
     let seen = handled(&log);
     let mut counts: HashMap<u64, u32> = HashMap::new();
     for n in &seen {
         *counts.entry(*n).or_default() += 1;
     }
-    let missing: Vec<u64> = (0..EVENTS)
+    let missing: Vec<u64> = (0..events)
         .filter(|n| !counts.contains_key(n))
         .take(10)
         .collect();
     assert!(missing.is_empty(), "lost events (first ones): {missing:?}");
-    let duplicates = seen.len() as u64 - EVENTS;
+    let duplicates = seen.len() as u64 - events;
     println!(
         "{kills} kills, {} handled, {duplicates} duplicates",
         seen.len()
@@ -189,4 +225,15 @@ async fn sigkilled_consumers_lose_nothing() {
         duplicates <= (kills * BATCH) as u64,
         "{duplicates} duplicates for {kills} kills of batches of {BATCH}"
     );
+    if inbox {
+        // Handlers ran more than once for some events; their effects did not.
+        let (rows, distinct): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT n) FROM effects")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        println!("inbox: {rows} effects for {events} events ({duplicates} redeliveries)");
+        assert_eq!(distinct, events as i64, "an effect is missing");
+        assert_eq!(rows, events as i64, "an effect happened twice");
+    }
 }

@@ -31,18 +31,23 @@ pub fn host_port(url: &str) -> String {
 }
 
 /// Checks that something listens at `url`'s host and port (one second at most).
+///
+/// A plain blocking connect (called once when a test starts): tokio's `net` is not
+/// available in the loom build, which compiles this crate too.
 pub async fn reachable(url: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
     let address = host_port(url);
-    match tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(&address),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("nothing listens at {address}: {e}")),
-        Err(_) => Err(format!("{address} did not answer within 1 s")),
+    let targets = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address}: {e}"))?;
+    let mut last = format!("{address} resolves to no address");
+    for target in targets {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("nothing listens at {address}: {e}"),
+        }
     }
+    Err(last)
 }
 
 /// Reports a test that cannot run because its service is missing: fails under CI,
@@ -55,10 +60,7 @@ pub fn skip(test: &str, reason: &str) {
     }
     // Written to the process's stderr directly: libtest captures `eprintln!` of passing
     // tests, and a skip must be visible.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {reason} (start it with `cargo xtask services up`)"
-    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
 /// Runs the body only when `url` is reachable; otherwise [`skip`]s. For tests:
@@ -70,7 +72,10 @@ pub async fn require(test: &str, url: &str) -> Option<()> {
     match reachable(url).await {
         Ok(()) => Some(()),
         Err(reason) => {
-            skip(test, &reason);
+            skip(
+                test,
+                &format!("{reason} (start it with `cargo xtask services up`)"),
+            );
             None
         }
     }

@@ -594,7 +594,10 @@ macro_rules! conformance_tests {
             async fn $scenario() {
                 let harness = $harness;
                 if let Some(reason) = $crate::Harness::unavailable(&harness).await {
-                    $crate::backend::skip(concat!(module_path!(), "::", stringify!($scenario)), &reason);
+                    $crate::backend::skip(
+                        concat!(module_path!(), "::", stringify!($scenario)),
+                        &format!("{reason} (start it with `cargo xtask services up`)"),
+                    );
                     return;
                 }
                 $crate::conformance::$scenario(&harness).await;

@@ -44,11 +44,13 @@
 //! | `eda-dispatch` | the in-process [`Bus`] on a ring buffer, groups, lifecycle |
 //! | `eda-store-sqlite` | durable topics in an SQLite file (feature `sqlite`) |
 //! | `eda-store-redis` | durable topics in Redis Streams, shared by a fleet (feature `redis`) |
+//! | `eda-dedup` | idempotent consumption: a dedup window in memory or Redis (feature `dedup`) |
 //!
 //! ## Features
 //! `default` is the in-process bus only; `sqlite` adds the SQLite store, `redis` the
-//! Redis Streams store (`redis-tls` with `rediss://` through rustls); `full` turns on
-//! every backend as they are added (`kafka`, `dedup`, `observe` to come).
+//! Redis Streams store (`redis-tls` with `rediss://` through rustls), `dedup` the dedup
+//! window and middleware; `full` turns on every backend as they are added (`kafka`,
+//! `observe` to come).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -75,6 +77,10 @@ pub use eda_core as core;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use eda_store_redis as redis;
+/// Idempotent consumption.
+#[cfg(feature = "dedup")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dedup")))]
+pub use eda_dedup as dedup;
 /// The SQLite store.
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
