@@ -124,7 +124,8 @@ impl RedisStoreBuilder {
         self
     }
     /// How long an appended event id is remembered, so that a retried append within it
-    /// stores the event once (default 24 h; one small key per event).
+    /// stores the event once (default 24 h): ids live in one hash per window, kept for
+    /// two windows, so a retry is recognised for at least `window`, at most twice that.
     pub fn dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = window;
         self
@@ -641,11 +642,22 @@ impl EventStore for RedisStreamStore {
             if !options.idempotent {
                 return self.append_plain(&key, &records, trim, value).await;
             }
-            let mut args: Vec<Value> = Vec::with_capacity(4 + records.len() * 16);
-            args.push(format!("{key}:id:").into());
-            args.push((options.dedup_window.as_millis().max(1) as i64).into());
+            // Event ids are remembered in one hash per dedup window (the current and the
+            // previous window are checked), so a retried append within at least the
+            // window returns the first positions.
+            let window = options.dedup_window.as_millis().max(1) as u64;
+            let bucket = now_ms() / window;
+            let keys = vec![
+                key.clone(),
+                format!("{key}:ids:{bucket}"),
+                format!("{key}:ids:{}", bucket.saturating_sub(1)),
+            ];
+            let mut args: Vec<Value> = Vec::with_capacity(4 + records.len() * 17);
+            args.push(((window * 2) as i64).into());
             args.push(trim.into());
             args.push(value.into());
+            args.push((records.len() as i64).into());
+            let mut encoded = Vec::with_capacity(records.len());
             for r in &records {
                 let fields = fields::encode(r);
                 let size = fields::size(&fields);
@@ -655,6 +667,10 @@ impl EventStore for RedisStreamStore {
                         max: options.max_record_bytes,
                     });
                 }
+                args.push(r.id.to_string().into());
+                encoded.push(fields);
+            }
+            for fields in encoded {
                 args.push(((fields.len() * 2) as i64).into());
                 for (name, value) in fields {
                     args.push(name.into());
@@ -665,7 +681,7 @@ impl EventStore for RedisStreamStore {
                 .inner
                 .scripts
                 .append
-                .evalsha_with_reload(&self.inner.client, key, args)
+                .evalsha_with_reload(&self.inner.client, keys, args)
                 .await
                 .map_err(unavailable)?;
             Ok(ids.into_iter().map(Position::new).collect())

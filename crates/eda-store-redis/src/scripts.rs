@@ -1,35 +1,60 @@
 //! Lua scripts: each runs atomically on the server, so checks and writes cannot race
 //! with other consumers.
 
-/// Appends a batch. KEYS[1]: the stream. ARGV: id-key prefix, dedup window (ms), trim
-/// kind (`""`, `MAXLEN` or `MINID`), trim value, then per record: its field count `n`
-/// and `n` field/value arguments, `ce_id` first. A record whose id was appended within
-/// the window is not appended again; its first stream id is returned instead.
+/// Appends a batch. KEYS: the stream, this window's id hash, the previous window's id
+/// hash. ARGV: id hash TTL (ms), trim kind (`""`, `MAXLEN` or `MINID`), trim value, the
+/// number of records `n`, their `n` event ids, then per record its field count `k` and
+/// `k` field/value arguments. A record whose id either hash holds is not appended again;
+/// its first stream id is returned instead. Two `HMGET`s and one `HSET` per batch, so
+/// idempotence costs little beside the `XADD`s.
 pub(crate) const APPEND: &str = r#"
+local n = tonumber(ARGV[4])
+local ids = {}
+for r = 1, n do ids[r] = ARGV[4 + r] end
+-- Lua's unpack takes a few thousand values at most: work in slices.
+local function hmget(key)
+  local all = {}
+  for from = 1, n, 1000 do
+    local part = redis.call('HMGET', key, unpack(ids, from, math.min(from + 999, n)))
+    for j = 1, #part do all[from + j - 1] = part[j] end
+  end
+  return all
+end
+local cur = hmget(KEYS[2])
+local prev = hmget(KEYS[3])
 local out = {}
-local i = 5
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local idkey = ARGV[1] .. ARGV[i + 2]
-  local existing = redis.call('GET', idkey)
+local fresh = {}
+local marks = {}
+local i = 5 + n
+for r = 1, n do
+  local k = tonumber(ARGV[i])
+  local existing = cur[r] or prev[r] or fresh[ids[r]]
   if existing then
-    out[#out + 1] = existing
+    out[r] = existing
   else
     local args = {KEYS[1]}
-    if ARGV[3] ~= '' then
-      args[#args + 1] = ARGV[3]
+    if ARGV[2] ~= '' then
+      args[#args + 1] = ARGV[2]
       args[#args + 1] = '~'
-      args[#args + 1] = ARGV[4]
+      args[#args + 1] = ARGV[3]
     end
     args[#args + 1] = '*'
-    for j = i + 1, i + n do
+    for j = i + 1, i + k do
       args[#args + 1] = ARGV[j]
     end
     local sid = redis.call('XADD', unpack(args))
-    redis.call('SET', idkey, sid, 'PX', ARGV[2])
-    out[#out + 1] = sid
+    fresh[ids[r]] = sid
+    marks[#marks + 1] = ids[r]
+    marks[#marks + 1] = sid
+    out[r] = sid
   end
-  i = i + n + 1
+  i = i + k + 1
+end
+if #marks > 0 then
+  for from = 1, #marks, 2000 do
+    redis.call('HSET', KEYS[2], unpack(marks, from, math.min(from + 1999, #marks)))
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
 end
 return out
 "#;

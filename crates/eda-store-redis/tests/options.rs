@@ -96,3 +96,24 @@ async fn appends_without_dedup_keys_are_atomic_but_not_idempotent() {
     ));
     assert_eq!(len(&store, "orders").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_appended_twice_is_stored_once() {
+    let Some(()) = require("a_large_batch_appended_twice_is_stored_once", &redis_url()).await
+    else {
+        return;
+    };
+    let store = RedisStreamStore::builder(redis_url())
+        .key_prefix(unique_prefix())
+        .connect()
+        .await
+        .unwrap();
+    // More ids than one Lua `unpack` takes: the script works in slices.
+    let mut batch = orders(0..5_000);
+    batch.push(batch[17].clone()); // a repeat inside the batch too
+    let first = store.append("orders", batch.clone()).await.unwrap();
+    assert_eq!(first[5_000], first[17]);
+    let again = store.append("orders", batch).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(len(&store, "orders").await, 5_000);
+}

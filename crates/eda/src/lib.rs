@@ -73,14 +73,14 @@ pub use eda_dispatch::{
 
 /// The vocabulary crate, for what the facade does not re-export.
 pub use eda_core as core;
-/// The Redis Streams store.
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use eda_store_redis as redis;
 /// Idempotent consumption.
 #[cfg(feature = "dedup")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dedup")))]
 pub use eda_dedup as dedup;
+/// The Redis Streams store.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use eda_store_redis as redis;
 /// The SQLite store.
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
