@@ -189,6 +189,9 @@ pub struct Features {
     /// Records and group positions outlive the store instance (a new instance on the
     /// same file/server sees them).
     pub persistent: bool,
+    /// Appending a record whose id is already stored returns its position instead of
+    /// storing it twice (Kafka through rskafka cannot promise it).
+    pub idempotent_appends: bool,
 }
 
 impl Features {
@@ -198,6 +201,7 @@ impl Features {
             ordered_per_key: false,
             redelivers_to_other_consumers: false,
             persistent: false,
+            idempotent_appends: false,
         }
     }
     /// Sets `ordered_per_key`.
@@ -215,6 +219,11 @@ impl Features {
         self.persistent = on;
         self
     }
+    /// Sets `idempotent_appends`.
+    pub const fn idempotent_appends(mut self, on: bool) -> Self {
+        self.idempotent_appends = on;
+        self
+    }
 }
 
 /// A durable transport for events.
@@ -222,9 +231,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// What this store guarantees.
     fn features(&self) -> Features;
 
-    /// Appends a batch atomically (all or none) and returns the records' positions.
-    /// A record whose id is already stored in the topic is not stored twice (a retried
-    /// append is idempotent); its existing position is returned.
+    /// Appends a batch and returns the records' positions. Atomic (all or none) per
+    /// partition; stores with one log per topic are atomic for the whole batch. With
+    /// [`Features::idempotent_appends`], a record whose id is already stored in the
+    /// topic is not stored twice (a retried append is idempotent); its existing
+    /// position is returned.
     fn append<'a>(
         &'a self,
         topic: &'a str,
@@ -270,6 +281,24 @@ pub trait OffsetStore: Send + Sync + 'static {
         topic: &'a str,
         partition: u32,
     ) -> BoxFuture<'a, Result<Option<i64>, StoreError>>;
+    /// Counts one more delivery of each record at `offsets` and returns the counts, so
+    /// attempt counts survive a crash of the consumer (a record that kills it every
+    /// time still reaches the dead letters).
+    fn bump_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offsets: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<u32>, StoreError>>;
+    /// Forgets the attempt counts of records below `offset` (committed).
+    fn clear_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// Named leases with a time to live, for sharing partitions between processes.
@@ -288,6 +317,12 @@ pub trait LeaseStore: Send + Sync + 'static {
         name: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The live leases whose names start with `prefix`, as `(name, holder)`: e.g. the
+    /// members of a consumer group, each holding a membership lease.
+    fn holders<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>>;
 }
 
 /// A store operation failed.

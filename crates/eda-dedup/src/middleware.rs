@@ -21,7 +21,7 @@ pub type KeyFn = Arc<dyn Fn(&dyn EventInfo) -> Option<String> + Send + Sync>;
 /// use eda_core::{Context, Envelope};
 /// use eda_dedup::{DedupMiddleware, MemoryDedup};
 /// use eda_dispatch::{Bus, SubscribeOptions};
-/// # #[derive(serde::Serialize, serde::Deserialize)] struct Paid { order: u64 }
+/// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct Paid { order: u64 }
 /// # impl eda_core::Event for Paid { const TYPE: &'static str = "paid"; }
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dedup = DedupMiddleware::new(MemoryDedup::default());

@@ -51,7 +51,9 @@ use eda_core::{
     StartFrom, StoreError, Undecodable,
 };
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, HashesInterface, StreamsInterface, TransactionInterface};
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, StreamsInterface, TransactionInterface,
+};
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
@@ -192,6 +194,7 @@ impl RedisStoreBuilder {
             settle: Script::from_lua(scripts::SETTLE),
             lease_acquire: Script::from_lua(scripts::LEASE_ACQUIRE),
             lease_release: Script::from_lua(scripts::LEASE_RELEASE),
+            clear_attempts: Script::from_lua(scripts::CLEAR_ATTEMPTS),
         };
         let scripts = Arc::new(scripts);
         let acks = AckBatcher::spawn(
@@ -219,6 +222,7 @@ struct Scripts {
     settle: Script,
     lease_acquire: Script,
     lease_release: Script,
+    clear_attempts: Script,
 }
 
 /// Durable topics in Redis Streams. Cheap to clone; clones share the connection.
@@ -264,6 +268,21 @@ impl RedisStreamStore {
     /// The stream key of `topic`.
     pub fn stream_key(&self, topic: &str) -> String {
         format!("{}{{{topic}}}", self.inner.options.prefix)
+    }
+
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}lease:{name}", self.inner.options.prefix)
+    }
+
+    fn lease_index(&self) -> String {
+        format!("{}leases", self.inner.options.prefix)
+    }
+
+    fn attempts_key(&self, group: &str, topic: &str, partition: u32) -> String {
+        format!(
+            "{}attempts:{{{topic}}}:{group}:{partition}",
+            self.inner.options.prefix
+        )
     }
 
     /// Writes the queued acks and closes the connection.
@@ -615,6 +634,7 @@ impl EventStore for RedisStreamStore {
             .ordered_per_key(true)
             .redelivers_to_other_consumers(true)
             .persistent(true)
+            .idempotent_appends(self.inner.options.idempotent)
     }
 
     fn append<'a>(
@@ -826,6 +846,48 @@ impl OffsetStore for RedisStreamStore {
                 .map_err(unavailable)
         })
     }
+    fn bump_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offsets: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<u32>, StoreError>> {
+        Box::pin(async move {
+            if offsets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let key = self.attempts_key(group, topic, partition);
+            let pipeline = self.inner.client.pipeline();
+            for o in offsets {
+                let _: () = pipeline
+                    .hincrby(&key, o.to_string(), 1)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let counts: Vec<i64> = pipeline.all().await.map_err(unavailable)?;
+            Ok(counts.into_iter().map(|c| c.max(1) as u32).collect())
+        })
+    }
+    fn clear_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = self.attempts_key(group, topic, partition);
+            let _: i64 = self
+                .inner
+                .scripts
+                .clear_attempts
+                .evalsha_with_reload(&self.inner.client, key, vec![offset.to_string()])
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
 }
 
 impl LeaseStore for RedisStreamStore {
@@ -836,15 +898,19 @@ impl LeaseStore for RedisStreamStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let key = format!("{}lease:{name}", self.inner.options.prefix);
+            let keys = vec![self.lease_key(name), self.lease_index()];
             let held: i64 = self
                 .inner
                 .scripts
                 .lease_acquire
                 .evalsha_with_reload(
                     &self.inner.client,
-                    key,
-                    vec![holder.to_owned(), ttl.as_millis().max(1).to_string()],
+                    keys,
+                    vec![
+                        holder.to_owned(),
+                        ttl.as_millis().max(1).to_string(),
+                        name.to_owned(),
+                    ],
                 )
                 .await
                 .map_err(unavailable)?;
@@ -857,15 +923,71 @@ impl LeaseStore for RedisStreamStore {
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let key = format!("{}lease:{name}", self.inner.options.prefix);
+            let keys = vec![self.lease_key(name), self.lease_index()];
             let _: i64 = self
                 .inner
                 .scripts
                 .lease_release
-                .evalsha_with_reload(&self.inner.client, key, vec![holder.to_owned()])
+                .evalsha_with_reload(
+                    &self.inner.client,
+                    keys,
+                    vec![holder.to_owned(), name.to_owned()],
+                )
                 .await
                 .map_err(unavailable)?;
             Ok(())
+        })
+    }
+    fn holders<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            // Lease names are indexed in a sorted set (all scores 0: ordered by name), so a
+            // prefix is a lexicographic range.
+            let index = self.lease_index();
+            let names: Vec<String> = self
+                .inner
+                .client
+                .custom(
+                    fred::cmd!("ZRANGE"),
+                    vec![
+                        index.clone(),
+                        format!("[{prefix}"),
+                        format!("[{prefix}\u{10FFFF}"),
+                        "BYLEX".into(),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = names.iter().map(|n| self.lease_key(n)).collect();
+            let values: Vec<Option<String>> =
+                self.inner.client.mget(keys).await.map_err(unavailable)?;
+            let mut live = Vec::new();
+            let mut expired = Vec::new();
+            for (name, holder) in names.into_iter().zip(values) {
+                match holder {
+                    Some(holder) => live.push((name, holder)),
+                    None => expired.push(name),
+                }
+            }
+            if !expired.is_empty() {
+                // Expired leases leave their names behind: tidy the index.
+                let _: i64 = self
+                    .inner
+                    .client
+                    .custom(fred::cmd!("ZREM"), {
+                        let mut args = vec![index];
+                        args.extend(expired);
+                        args
+                    })
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(live)
         })
     }
 }

@@ -116,20 +116,36 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', idle, 'JUSTI
 return 1
 "#;
 
-/// Takes or renews a lease. KEYS[1]: the lease key. ARGV: holder, ttl (ms).
+/// Takes or renews a lease. KEYS[1]: the lease key, KEYS[2]: the lease index (a
+/// sorted set of lease names, for listing by prefix). ARGV: holder, ttl (ms), name.
 pub(crate) const LEASE_ACQUIRE: &str = r#"
 local holder = redis.call('GET', KEYS[1])
 if not holder or holder == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], 0, ARGV[3])
   return 1
 end
 return 0
 "#;
 
-/// Gives a lease up if `holder` has it. KEYS[1]: the lease key. ARGV: holder.
+/// Gives a lease up if `holder` has it. KEYS[1]: the lease key, KEYS[2]: the lease
+/// index. ARGV: holder, name.
 pub(crate) const LEASE_RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"#;
+
+/// Forgets attempt counts below an offset. KEYS[1]: the attempts hash. ARGV[1]: offset.
+pub(crate) const CLEAR_ATTEMPTS: &str = r#"
+local gone = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if tonumber(field) < tonumber(ARGV[1]) then gone[#gone + 1] = field end
+end
+for from = 1, #gone, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(gone, from, math.min(from + 999, #gone)))
+end
+return #gone
 "#;

@@ -39,3 +39,12 @@ impl Harness for RedisServer {
 }
 
 eda_testkit::conformance_tests!(RedisServer);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_attempts_and_leases() {
+    let Some(()) = eda_testkit::backend::require("offsets_attempts_and_leases", &redis_url()).await
+    else {
+        return;
+    };
+    eda_testkit::coordination::check(&RedisServer.store().await).await;
+}

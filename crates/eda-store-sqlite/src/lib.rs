@@ -568,43 +568,30 @@ impl SqliteStore {
             picked.push((seq, attempts + 1, token));
         }
         let room = max.saturating_sub(picked.len());
+        // New records: one INSERT ... SELECT claims the next `room` of them for this
+        // consumer (one token for the whole take: a redelivery is another take).
+        let mut fresh: Vec<i64> = Vec::new();
+        let take_token = fastrand::i64(1..);
         if room > 0 {
-            let next: i64 =
-                sqlx::query_scalar("SELECT next_seq FROM eda_groups WHERE topic = ? AND grp = ?")
-                    .bind(topic)
-                    .bind(group)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(unavailable)?
-                    .unwrap_or(0);
-            let fresh: Vec<i64> = sqlx::query_scalar(
-                "SELECT seq FROM eda_events WHERE topic = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            fresh = sqlx::query_scalar(
+                "INSERT INTO eda_inflight (topic, grp, seq, attempts, holder, deadline_ms, token) \
+                 SELECT topic, ?, seq, 1, ?, ?, ? FROM eda_events \
+                 WHERE topic = ? AND seq >= \
+                   (SELECT next_seq FROM eda_groups WHERE topic = ? AND grp = ?) \
+                 ORDER BY seq LIMIT ? RETURNING seq",
             )
+            .bind(group)
+            .bind(consumer)
+            .bind(deadline)
+            .bind(take_token)
             .bind(topic)
-            .bind(next)
+            .bind(topic)
+            .bind(group)
             .bind(room as i64)
             .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
-            if let Some(last) = fresh.last() {
-                let mut insert = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO eda_inflight (topic, grp, seq, attempts, holder, deadline_ms, token) ",
-                );
-                let tokens: Vec<i64> = fresh.iter().map(|_| fastrand::i64(1..)).collect();
-                insert.push_values(fresh.iter().zip(&tokens), |mut b, (seq, token)| {
-                    b.push_bind(topic)
-                        .push_bind(group)
-                        .push_bind(*seq)
-                        .push_bind(1i64)
-                        .push_bind(consumer)
-                        .push_bind(deadline)
-                        .push_bind(*token);
-                });
-                insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+            if let Some(last) = fresh.iter().max() {
                 sqlx::query("UPDATE eda_groups SET next_seq = ? WHERE topic = ? AND grp = ?")
                     .bind(last + 1)
                     .bind(topic)
@@ -612,24 +599,43 @@ impl SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                picked.extend(fresh.iter().zip(tokens).map(|(s, t)| (*s, 1, t)));
             }
         }
         tx.commit().await.map_err(unavailable)?;
-        if picked.is_empty() {
+        if picked.is_empty() && fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM eda_events WHERE seq IN (");
-        let mut list = select.separated(", ");
-        for (seq, _, _) in &picked {
-            list.push_bind(*seq);
+        let mut rows = Vec::with_capacity(picked.len() + fresh.len());
+        if let (Some(first), Some(last)) = (fresh.iter().min(), fresh.iter().max()) {
+            // The fresh records are exactly the topic's records in [first, last].
+            rows.extend(
+                sqlx::query(
+                    "SELECT * FROM eda_events WHERE topic = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                )
+                .bind(topic)
+                .bind(first)
+                .bind(last)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(unavailable)?,
+            );
         }
-        select.push(")");
-        let rows = select
-            .build()
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(unavailable)?;
+        if !picked.is_empty() {
+            let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM eda_events WHERE seq IN (");
+            let mut list = select.separated(", ");
+            for (seq, _, _) in &picked {
+                list.push_bind(*seq);
+            }
+            select.push(")");
+            rows.extend(
+                select
+                    .build()
+                    .fetch_all(&self.inner.pool)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        picked.extend(fresh.iter().map(|seq| (*seq, 1, take_token)));
         let mut by_seq: std::collections::HashMap<i64, SqliteRow> = rows
             .into_iter()
             .map(|r| (r.get::<i64, _>("seq"), r))
@@ -716,8 +722,12 @@ fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
             .map(|c| c.parse())
             .transpose()
             .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
-        let extensions: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&text("extensions")?).map_err(|e| e.to_string())?;
+        let extensions_text = text("extensions")?;
+        let extensions: serde_json::Map<String, serde_json::Value> = if extensions_text == "{}" {
+            serde_json::Map::new()
+        } else {
+            serde_json::from_str(&extensions_text).map_err(|e| e.to_string())?
+        };
         for (name, value) in extensions {
             let value = match value {
                 serde_json::Value::String(s) => s,
@@ -822,6 +832,7 @@ impl EventStore for SqliteStore {
             .ordered_per_key(true)
             .redelivers_to_other_consumers(true)
             .persistent(true)
+            .idempotent_appends(true)
     }
 
     fn append<'a>(
@@ -989,6 +1000,69 @@ impl OffsetStore for SqliteStore {
             .map_err(unavailable)
         })
     }
+    fn bump_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offsets: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<u32>, StoreError>> {
+        Box::pin(async move {
+            if offsets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+            let mut counts: std::collections::HashMap<i64, i64> = Default::default();
+            for chunk in offsets.chunks(INSERT_CHUNK) {
+                let mut upsert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO eda_attempts (grp, topic, partition, offset, attempts) ",
+                );
+                upsert.push_values(chunk, |mut b, o| {
+                    b.push_bind(group)
+                        .push_bind(topic)
+                        .push_bind(i64::from(partition))
+                        .push_bind(*o)
+                        .push_bind(1i64);
+                });
+                upsert.push(
+                    " ON CONFLICT (grp, topic, partition, offset) \
+                     DO UPDATE SET attempts = attempts + 1 RETURNING offset, attempts",
+                );
+                let rows: Vec<(i64, i64)> = upsert
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                counts.extend(rows);
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(offsets
+                .iter()
+                .map(|o| counts.get(o).copied().unwrap_or(1) as u32)
+                .collect())
+        })
+    }
+    fn clear_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "DELETE FROM eda_attempts WHERE grp = ? AND topic = ? AND partition = ? AND offset < ?",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(offset)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
 }
 
 impl LeaseStore for SqliteStore {
@@ -1028,6 +1102,23 @@ impl LeaseStore for SqliteStore {
                 .await
                 .map_err(unavailable)?;
             Ok(())
+        })
+    }
+    fn holders<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT name, holder FROM eda_leases \
+                 WHERE substr(name, 1, ?) = ? AND until_ms > ? ORDER BY name",
+            )
+            .bind(prefix.chars().count() as i64)
+            .bind(prefix)
+            .bind(now_ms())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(unavailable)
         })
     }
 }

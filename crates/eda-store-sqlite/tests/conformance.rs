@@ -38,3 +38,9 @@ impl Harness for SqliteFile {
 }
 
 eda_testkit::conformance_tests!(SqliteFile::new());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_attempts_and_leases() {
+    let harness = SqliteFile::new();
+    eda_testkit::coordination::check(&harness.store().await).await;
+}

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod coordination;
 mod memory;
 
 pub use conformance::Harness;

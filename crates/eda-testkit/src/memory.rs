@@ -29,6 +29,7 @@ struct Shared {
 struct State {
     topics: HashMap<String, Topic>,
     offsets: HashMap<(String, String, u32), i64>,
+    attempts: HashMap<(String, String, u32, i64), u32>,
     leases: HashMap<String, (String, Instant)>,
     next_token: u64,
 }
@@ -262,6 +263,7 @@ impl EventStore for MemoryStore {
         Features::none()
             .ordered_per_key(true)
             .redelivers_to_other_consumers(true)
+            .idempotent_appends(true)
     }
 
     fn append<'a>(
@@ -427,6 +429,39 @@ impl OffsetStore for MemoryStore {
             .copied();
         Box::pin(std::future::ready(Ok(v)))
     }
+    fn bump_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offsets: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<u32>, StoreError>> {
+        let mut state = lock(&self.shared.state);
+        let counts = offsets
+            .iter()
+            .map(|&o| {
+                let n = state
+                    .attempts
+                    .entry((group.to_owned(), topic.to_owned(), partition, o))
+                    .or_default();
+                *n += 1;
+                *n
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(counts)))
+    }
+    fn clear_attempts<'a>(
+        &'a self,
+        group: &'a str,
+        topic: &'a str,
+        partition: u32,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        lock(&self.shared.state).attempts.retain(|(g, t, p, o), _| {
+            !(g == group && t == topic && *p == partition && *o < offset)
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl LeaseStore for MemoryStore {
@@ -459,5 +494,19 @@ impl LeaseStore for MemoryStore {
             state.leases.remove(name);
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+    fn holders<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        let now = Instant::now();
+        let mut live: Vec<(String, String)> = lock(&self.shared.state)
+            .leases
+            .iter()
+            .filter(|(name, (_, until))| name.starts_with(prefix) && *until > now)
+            .map(|(name, (holder, _))| (name.clone(), holder.clone()))
+            .collect();
+        live.sort();
+        Box::pin(std::future::ready(Ok(live)))
     }
 }

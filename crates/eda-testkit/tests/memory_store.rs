@@ -50,3 +50,8 @@ async fn oversized_records_are_refused_whole() {
         "nothing written"
     );
 }
+
+#[tokio::test]
+async fn offsets_attempts_and_leases() {
+    eda_testkit::coordination::check(&eda_testkit::MemoryStore::new()).await;
+}
