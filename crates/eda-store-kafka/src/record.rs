@@ -1,0 +1,227 @@
+//! Events as Kafka records, in the CloudEvents Kafka protocol binding's binary content
+//! mode: the data is the value, `content-type` carries `datacontenttype`, every other
+//! attribute is a `ce_<name>` header, the key is the partition key (or, without one,
+//! the event type, so each type stays in order). A plain W3C `traceparent` (and
+//! `tracestate`) header is added for OpenTelemetry-instrumented consumers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use eda_core::{Bytes, EventId, Metadata, RawEvent, Timestamp, Undecodable};
+use rskafka::record::Record;
+
+/// The record key of an event: its partition key, else its type.
+pub fn key_of(r: &RawEvent) -> &str {
+    r.metadata.partition_key.as_deref().unwrap_or(&r.event_type)
+}
+
+/// The partition of `key` among `partitions`: murmur2 of the key bytes (Kafka's seed),
+/// made positive, modulo the count, as the Java client's default partitioner does, so
+/// every Kafka client agrees on where a key lives.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    let hash = murmur2::murmur2(key, murmur2::KAFKA_SEED);
+    ((hash & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// The record of an event.
+pub fn to_record(r: &RawEvent) -> Record {
+    let mut headers: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut put = |name: &str, value: &str| {
+        headers.insert(name.to_owned(), value.as_bytes().to_vec());
+    };
+    put("ce_specversion", eda_core::SPEC_VERSION);
+    put("ce_id", &r.id.to_string());
+    put("ce_source", &r.source);
+    put("ce_type", &r.event_type);
+    put("ce_time", &r.time.to_rfc3339());
+    let m = &r.metadata;
+    if let Some(ct) = &r.datacontenttype {
+        put("content-type", ct);
+    }
+    let optional = [
+        ("ce_dataschema", r.dataschema.clone()),
+        ("ce_subject", m.subject.clone()),
+        ("ce_traceparent", m.traceparent.map(|t| t.to_string())),
+        ("ce_tracestate", m.tracestate.clone()),
+        ("ce_partitionkey", m.partition_key.clone()),
+        ("ce_correlationid", m.correlation_id.clone()),
+        ("ce_causationid", m.causation_id.map(|c| c.to_string())),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            put(name, &value);
+        }
+    }
+    if let Some(tp) = m.traceparent {
+        put("traceparent", &tp.to_string());
+    }
+    if let Some(ts) = &m.tracestate {
+        put("tracestate", ts);
+    }
+    for (name, value) in m.headers() {
+        put(&format!("ce_{name}"), value);
+    }
+    Record {
+        key: Some(key_of(r).as_bytes().to_vec()),
+        value: Some(r.data.to_vec()),
+        headers,
+        timestamp: DateTime::<Utc>::from_timestamp_millis(r.time.unix_millis())
+            .unwrap_or_else(Utc::now),
+    }
+}
+
+/// The event in a record, or why it is not one.
+pub fn from_record(record: &Record) -> Result<RawEvent, Undecodable> {
+    let attempt = || -> Result<RawEvent, String> {
+        let text = |name: &str| -> Result<Option<String>, String> {
+            record
+                .headers
+                .get(name)
+                .map(|v| {
+                    String::from_utf8(v.clone())
+                        .map_err(|_| format!("header `{name}` is not UTF-8"))
+                })
+                .transpose()
+        };
+        let required = |name: &str| text(name)?.ok_or_else(|| format!("no `{name}` header"));
+        let spec = required("ce_specversion")?;
+        if spec != eda_core::SPEC_VERSION {
+            return Err(format!("unsupported ce_specversion `{spec}`"));
+        }
+        let id: EventId = required("ce_id")?
+            .parse()
+            .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
+        let time = Timestamp::parse_rfc3339(&required("ce_time")?).map_err(|e| e.to_string())?;
+        let mut metadata = Metadata::default();
+        metadata.subject = text("ce_subject")?;
+        metadata.traceparent = text("ce_traceparent")?
+            .map(|t| t.parse())
+            .transpose()
+            .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
+        metadata.tracestate = text("ce_tracestate")?;
+        metadata.partition_key = text("ce_partitionkey")?;
+        metadata.correlation_id = text("ce_correlationid")?;
+        metadata.causation_id = text("ce_causationid")?
+            .map(|c| c.parse())
+            .transpose()
+            .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
+        const KNOWN: &[&str] = &[
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "ce_dataschema",
+            "ce_subject",
+            "ce_traceparent",
+            "ce_tracestate",
+            "ce_partitionkey",
+            "ce_correlationid",
+            "ce_causationid",
+        ];
+        for name in record.headers.keys() {
+            if let Some(ext) = name.strip_prefix("ce_")
+                && !KNOWN.contains(&name.as_str())
+            {
+                let value = text(name)?.unwrap_or_default();
+                metadata
+                    .insert_header(ext, value)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(RawEvent {
+            id,
+            time,
+            source: Arc::from(required("ce_source")?),
+            event_type: Arc::from(required("ce_type")?),
+            datacontenttype: text("content-type")?,
+            dataschema: text("ce_dataschema")?,
+            metadata,
+            data: Bytes::from(record.value.clone().unwrap_or_default()),
+        })
+    };
+    attempt().map_err(|error| Undecodable {
+        raw: Bytes::from(record.value.clone().unwrap_or_default()),
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eda_core::{Envelope, Event, JsonCodec};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+    impl Event for Ping {
+        const TYPE: &'static str = "ping";
+    }
+
+    /// Kafka's own test vectors for `Utils.murmur2` (clients' `UtilsTest`).
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            (b"abc", 479470107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2::murmur2(key, murmur2::KAFKA_SEED) as i32,
+                expected,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        // toPositive(murmur2) % n
+        assert_eq!(
+            partition_for(b"21", 10),
+            ((-973932308i32 & 0x7fffffff) % 10)
+        );
+    }
+
+    #[test]
+    fn records_round_trip_in_binary_mode() {
+        let mut env = Envelope::new(Ping { n: 1 })
+            .with_partition_key("cust-7")
+            .with_correlation_id("flow");
+        env.metadata.insert_header("tenant", "acme").unwrap();
+        env.metadata.traceparent = Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let raw = env.to_raw(&JsonCodec).unwrap();
+        let record = to_record(&raw);
+        assert_eq!(record.key.as_deref(), Some(&b"cust-7"[..]));
+        assert_eq!(record.headers["ce_type"], b"ping");
+        assert_eq!(record.headers["content-type"], b"application/json");
+        assert_eq!(record.headers["ce_tenant"], b"acme");
+        assert!(record.headers.contains_key("traceparent"));
+        assert_eq!(from_record(&record).unwrap(), raw);
+        // Without a partition key the type is the key.
+        let plain = Envelope::new(Ping { n: 2 }).to_raw(&JsonCodec).unwrap();
+        assert_eq!(to_record(&plain).key.as_deref(), Some(&b"ping"[..]));
+    }
+
+    #[test]
+    fn foreign_records_are_undecodable() {
+        let record = Record {
+            key: None,
+            value: Some(b"\xff garbage".to_vec()),
+            headers: BTreeMap::new(),
+            timestamp: Utc::now(),
+        };
+        let err = from_record(&record).unwrap_err();
+        assert_eq!(err.error, "no `ce_specversion` header");
+    }
+}
