@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
                  \x20                 ring stress (release), loom models, docs\n\
-                 bench [bus|ring|sqlite|redis|dedup] [filter]\n\
+                 bench [bus|ring|sqlite|redis|kafka|dedup] [filter]\n\
                  \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
@@ -194,16 +194,22 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [bus|ring|sqlite|redis|dedup] [filter]`: every benchmark program by default.
+/// `cargo xtask bench [bus|ring|sqlite|redis|kafka|dedup] [filter]`: every benchmark program by default.
 fn bench(args: &[String]) -> Result<(), String> {
     let (benches, filter): (Vec<&str>, &[String]) = match args.first().map(String::as_str) {
-        Some(b @ ("bus" | "ring" | "sqlite" | "redis" | "dedup")) => (vec![b], &args[1..]),
-        _ => (vec!["bus", "ring", "sqlite", "redis", "dedup"], args),
+        Some(b @ ("bus" | "ring" | "sqlite" | "redis" | "kafka" | "dedup")) => {
+            (vec![b], &args[1..])
+        }
+        _ => (
+            vec!["bus", "ring", "sqlite", "redis", "kafka", "dedup"],
+            args,
+        ),
     };
     for bench in benches {
         let package = match bench {
             "sqlite" => "eda-store-sqlite",
             "redis" => "eda-store-redis",
+            "kafka" => "eda-store-kafka",
             "dedup" => "eda-dedup",
             _ => "eda-dispatch",
         };

@@ -51,7 +51,10 @@ impl Default for ForwardOptions {
     }
 }
 
-/// A running bridge from one store's topic to another store. See the [module docs](self).
+/// A running bridge from one store's topic to another store: it reads what is ready
+/// (up to a batch), appends it to the target in one append, and acks the source only
+/// after the target committed (at-least-once; the target's idempotent append stores
+/// repeats once).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -243,8 +246,8 @@ fn settle(result: Result<(), eda_core::StoreError>) {
 
 /// A bus handler that appends every event it receives to a store topic: the explicit
 /// bridge from an in-memory topic to other services. **At-most-once across a crash**
-/// (see the [module docs](self)); a failed append fails the handler, so the bus's
-/// retries and dead letters apply.
+/// (an event still in memory when the process dies never reaches the store); a failed
+/// append fails the handler, so the bus's retries and dead letters apply.
 ///
 /// ```
 /// use eda_core::{EventStore, ReadRange};

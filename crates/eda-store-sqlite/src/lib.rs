@@ -700,25 +700,27 @@ fn extensions_json(m: &Metadata) -> String {
 /// The event in a row, or why it is not one.
 fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
     let attempt = || -> Result<RawEvent, String> {
-        let text = |name: &str| row.try_get::<String, _>(name).map_err(|e| e.to_string());
-        let opt = |name: &str| {
-            row.try_get::<Option<String>, _>(name)
+        // Borrowed from the row: one allocation per kept value, none for parsed ones.
+        let text = |name: &str| row.try_get::<&str, _>(name).map_err(|e| e.to_string());
+        let opt_str = |name: &str| {
+            row.try_get::<Option<&str>, _>(name)
                 .map_err(|e| e.to_string())
         };
+        let opt = |name: &str| opt_str(name).map(|v| v.map(str::to_owned));
         let id: EventId = text("id")?
             .parse()
             .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
-        let time = Timestamp::parse_rfc3339(&text("time")?).map_err(|e| e.to_string())?;
+        let time = Timestamp::parse_rfc3339(text("time")?).map_err(|e| e.to_string())?;
         let mut metadata = Metadata::default();
         metadata.subject = opt("subject")?;
-        metadata.traceparent = opt("traceparent")?
+        metadata.traceparent = opt_str("traceparent")?
             .map(|t| t.parse())
             .transpose()
             .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
         metadata.tracestate = opt("tracestate")?;
         metadata.partition_key = opt("partitionkey")?;
         metadata.correlation_id = opt("correlationid")?;
-        metadata.causation_id = opt("causationid")?
+        metadata.causation_id = opt_str("causationid")?
             .map(|c| c.parse())
             .transpose()
             .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
@@ -726,7 +728,7 @@ fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
         let extensions: serde_json::Map<String, serde_json::Value> = if extensions_text == "{}" {
             serde_json::Map::new()
         } else {
-            serde_json::from_str(&extensions_text).map_err(|e| e.to_string())?
+            serde_json::from_str(extensions_text).map_err(|e| e.to_string())?
         };
         for (name, value) in extensions {
             let value = match value {
@@ -745,9 +747,8 @@ fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
             datacontenttype: opt("datacontenttype")?,
             dataschema: opt("dataschema")?,
             metadata,
-            data: Bytes::from(
-                row.try_get::<Vec<u8>, _>("data")
-                    .map_err(|e| e.to_string())?,
+            data: Bytes::copy_from_slice(
+                row.try_get::<&[u8], _>("data").map_err(|e| e.to_string())?,
             ),
         })
     };

@@ -1,0 +1,170 @@
+//! Kafka store throughput and latency against raw rskafka in the same run.
+//!
+//! Run with `cargo xtask bench kafka` (or `cargo bench -p eda-store-kafka --bench
+//! kafka`); needs a broker at `EDA_KAFKA_BROKERS` (default `127.0.0.1:19092`, Tansu
+//! from `cargo xtask services up`). Group state in a temp SQLite file.
+//!
+//! * Produce: 100-byte payloads, batches of 100 and 1,000 records, all of one key (one
+//!   partition), through `KafkaStore::append` and as raw rskafka records of the same
+//!   headers produced to the same partition.
+//! * Consume+ack: 100,000 records over 4 partitions, one consumer.
+//! * Latency: publish→handled at 10,000 events/s for 5 s, p50/p99.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eda_core::{ConsumeOptions, Envelope, Event, EventStore, JsonCodec, RawEvent, StartFrom};
+use eda_store_kafka::{KafkaStore, record};
+use eda_store_sqlite::SqliteStore;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    sent_ns: u64,
+    text: String,
+}
+impl Event for Payload {
+    const TYPE: &'static str = "bench.payload";
+}
+
+fn records(n: usize, keyed: bool) -> Vec<RawEvent> {
+    (0..n)
+        .map(|i| {
+            let mut env = Envelope::new(Payload {
+                sent_ns: 0,
+                text: "x".repeat(72),
+            });
+            if keyed {
+                env = env.with_partition_key(format!("k{}", i % 64));
+            }
+            env.to_raw(&JsonCodec).unwrap()
+        })
+        .collect()
+}
+
+async fn produce_rate(store: &KafkaStore, topic: &str, batch: usize, raw: bool) -> f64 {
+    let total = 100_000;
+    let data = records(total, false);
+    let partition = store.partition_of(Payload::TYPE);
+    let start = Instant::now();
+    for chunk in data.chunks(batch) {
+        if raw {
+            let records = chunk.iter().map(record::to_record).collect();
+            store.produce_raw(topic, partition, records).await.unwrap();
+        } else {
+            store.append(topic, chunk.to_vec()).await.unwrap();
+        }
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn consume_rate(store: &KafkaStore, topic: &str) -> f64 {
+    let total = 100_000;
+    for chunk in records(total, true).chunks(1000) {
+        store.append(topic, chunk.to_vec()).await.unwrap();
+    }
+    let options = ConsumeOptions {
+        start: StartFrom::Beginning,
+        batch_size: 1000,
+        visibility_timeout: Duration::from_secs(60),
+        ..ConsumeOptions::default()
+    };
+    let mut s = store.subscribe(topic, "g", "c", options).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..total {
+        s.next().await.unwrap().unwrap().ack().await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn latency(store: &KafkaStore, topic: &str) -> (f64, f64, u64) {
+    let epoch = Instant::now();
+    let options = ConsumeOptions {
+        start: StartFrom::NewOnly,
+        batch_size: 100,
+        ..ConsumeOptions::default()
+    };
+    let mut s = store.subscribe(topic, "g", "c", options).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // partitions taken
+    let (seconds, rate) = (5u64, 10_000u64);
+    let expected = seconds * rate;
+    let consumer = tokio::spawn(async move {
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        while hist.len() < expected {
+            let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), s.next()).await else {
+                break;
+            };
+            let d = d.unwrap();
+            let sent = d
+                .record
+                .as_ref()
+                .unwrap()
+                .decode::<Payload>()
+                .unwrap()
+                .payload
+                .sent_ns;
+            hist.record((epoch.elapsed().as_nanos() as u64).saturating_sub(sent) / 1000)
+                .unwrap();
+            d.ack().await.unwrap();
+        }
+        hist
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..seconds * 1000 {
+        tick.tick().await;
+        let batch: Vec<RawEvent> = (0..rate / 1000)
+            .map(|_| {
+                Envelope::new(Payload {
+                    sent_ns: epoch.elapsed().as_nanos() as u64,
+                    text: "x".repeat(72),
+                })
+                .to_raw(&JsonCodec)
+                .unwrap()
+            })
+            .collect();
+        store.append(topic, batch).await.unwrap();
+    }
+    let hist = consumer.await.unwrap();
+    (
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hist.len(),
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let brokers = eda_testkit::backend::kafka_brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let coordination = SqliteStore::open(dir.path().join("c.db")).await.unwrap();
+    let store = KafkaStore::builder([brokers.clone()], Arc::new(coordination))
+        .partitions(4)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("this benchmark needs a broker at {brokers}: {e}"));
+    let run = format!("{:08x}", fastrand::u32(..));
+
+    println!(
+        "\n| produce, 100-byte payload, one partition | KafkaStore | raw rskafka | store ÷ raw |"
+    );
+    println!("|---|---:|---:|---:|");
+    for batch in [100usize, 1_000] {
+        let ours = produce_rate(&store, &format!("bench-ours-{batch}-{run}"), batch, false).await;
+        let raw = produce_rate(&store, &format!("bench-raw-{batch}-{run}"), batch, true).await;
+        println!(
+            "| batches of {batch} | {ours:.0} rec/s | {raw:.0} rec/s | {:.2} |",
+            ours / raw
+        );
+    }
+    let consumed = consume_rate(&store, &format!("bench-consume-{run}")).await;
+    println!("\n| consume + ack, 4 partitions, one consumer | {consumed:.0} rec/s |");
+    let (p50, p99, n) = latency(&store, &format!("bench-latency-{run}")).await;
+    println!("\n| publish → handled at 10k events/s ({n} events) | p50 | p99 |");
+    println!("|---|---:|---:|");
+    println!("| batches of 10 per ms, one consumer | {p50:.2} ms | {p99:.2} ms |");
+    println!(
+        "\nWatermill's published Kafka figures for comparison (16 CPUs): 41k publish / 102k subscribe msg/s."
+    );
+}
