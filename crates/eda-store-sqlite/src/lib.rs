@@ -605,20 +605,30 @@ impl SqliteStore {
         if picked.is_empty() && fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let mut rows = Vec::with_capacity(picked.len() + fresh.len());
+        let mut decoded: std::collections::HashMap<i64, Result<RawEvent, Undecodable>> =
+            std::collections::HashMap::with_capacity(picked.len() + fresh.len());
         if let (Some(first), Some(last)) = (fresh.iter().min(), fresh.iter().max()) {
-            // The fresh records are exactly the topic's records in [first, last].
-            rows.extend(
-                sqlx::query(
-                    "SELECT * FROM eda_events WHERE topic = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-                )
-                .bind(topic)
-                .bind(first)
-                .bind(last)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(unavailable)?,
-            );
+            // The fresh records are exactly the topic's records in [first, last]. One JSON
+            // array for all of them: sqlx hands rows over from its SQLite thread one at a
+            // time, which cost more than the query itself.
+            let json: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT json_group_array({JSON_ROW}) FROM \
+                 (SELECT * FROM eda_events WHERE topic = ? AND seq BETWEEN ? AND ? ORDER BY seq)"
+            ))
+            .bind(topic)
+            .bind(first)
+            .bind(last)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+            let rows: Vec<Vec<serde_json::Value>> =
+                serde_json::from_str(json.as_deref().unwrap_or("[]"))
+                    .map_err(|e| StoreError::Unavailable(format!("reading records: {e}")))?;
+            for row in &rows {
+                if let Some(seq) = row.first().and_then(serde_json::Value::as_i64) {
+                    decoded.insert(seq, decode_row(&JsonRow(row)));
+                }
+            }
         }
         if !picked.is_empty() {
             let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM eda_events WHERE seq IN (");
@@ -627,29 +637,26 @@ impl SqliteStore {
                 list.push_bind(*seq);
             }
             select.push(")");
-            rows.extend(
-                select
-                    .build()
-                    .fetch_all(&self.inner.pool)
-                    .await
-                    .map_err(unavailable)?,
-            );
+            let rows = select
+                .build()
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+            for row in &rows {
+                decoded.insert(row.get::<i64, _>("seq"), decode_row(row));
+            }
         }
         picked.extend(fresh.iter().map(|seq| (*seq, 1, take_token)));
-        let mut by_seq: std::collections::HashMap<i64, SqliteRow> = rows
-            .into_iter()
-            .map(|r| (r.get::<i64, _>("seq"), r))
-            .collect();
         picked.sort_unstable();
         let (topic, group): (Arc<str>, Arc<str>) = (topic.into(), group.into());
         Ok(picked
             .into_iter()
             .filter_map(|(seq, attempt, token)| {
-                let row = by_seq.remove(&seq)?;
+                let record = decoded.remove(&seq)?;
                 Some(Delivery::new(
                     position(seq),
                     attempt as u32,
-                    decode_row(&row),
+                    record,
                     Box::new(SqliteAck {
                         store: self.clone(),
                         key: AckKey {
@@ -697,15 +704,97 @@ fn extensions_json(m: &Metadata) -> String {
     serde_json::Value::Object(object).to_string()
 }
 
-/// The event in a row, or why it is not one.
-fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
-    let attempt = || -> Result<RawEvent, String> {
-        // Borrowed from the row: one allocation per kept value, none for parsed ones.
-        let text = |name: &str| row.try_get::<&str, _>(name).map_err(|e| e.to_string());
-        let opt_str = |name: &str| {
-            row.try_get::<Option<&str>, _>(name)
-                .map_err(|e| e.to_string())
+/// Read access to a stored record's columns: an sqlx row, or one element of the JSON
+/// array a batch is fetched as.
+trait Columns {
+    fn text(&self, name: &str) -> Result<&str, String>;
+    fn opt(&self, name: &str) -> Result<Option<&str>, String>;
+    fn data(&self) -> Result<Bytes, String>;
+}
+
+impl Columns for SqliteRow {
+    fn text(&self, name: &str) -> Result<&str, String> {
+        self.try_get::<&str, _>(name).map_err(|e| e.to_string())
+    }
+    fn opt(&self, name: &str) -> Result<Option<&str>, String> {
+        self.try_get::<Option<&str>, _>(name)
+            .map_err(|e| e.to_string())
+    }
+    fn data(&self) -> Result<Bytes, String> {
+        self.try_get::<&[u8], _>("data")
+            .map(Bytes::copy_from_slice)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The columns of [`JSON_ROW`], in order.
+const JSON_COLUMNS: [&str; 15] = [
+    "seq",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "traceparent",
+    "tracestate",
+    "partitionkey",
+    "correlationid",
+    "causationid",
+    "extensions",
+    "data",
+];
+
+/// A record as a JSON array of [`JSON_COLUMNS`] (the data as hex).
+const JSON_ROW: &str = "json_array(seq, id, source, type, time, datacontenttype, dataschema, \
+     subject, traceparent, tracestate, partitionkey, correlationid, causationid, extensions, \
+     hex(data))";
+
+struct JsonRow<'a>(&'a [serde_json::Value]);
+
+impl JsonRow<'_> {
+    fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        let i = JSON_COLUMNS.iter().position(|c| *c == name)?;
+        self.0.get(i)
+    }
+}
+
+impl Columns for JsonRow<'_> {
+    fn text(&self, name: &str) -> Result<&str, String> {
+        self.opt(name)?
+            .ok_or_else(|| format!("column `{name}` is NULL"))
+    }
+    fn opt(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!("column `{name}` is not text: {other}")),
+        }
+    }
+    fn data(&self) -> Result<Bytes, String> {
+        let hex = self.text("data")?;
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err("data is not hex".to_owned()),
         };
+        hex.as_bytes()
+            .chunks(2)
+            .map(|pair| match pair {
+                [h, l] => Ok(digit(*h)? << 4 | digit(*l)?),
+                _ => Err("data hex has an odd length".to_owned()),
+            })
+            .collect::<Result<Vec<u8>, String>>()
+            .map(Bytes::from)
+    }
+}
+
+/// The event in a row, or why it is not one.
+fn decode_row(row: &impl Columns) -> Result<RawEvent, Undecodable> {
+    let attempt = || -> Result<RawEvent, String> {
+        let text = |name: &str| row.text(name);
+        let opt_str = |name: &str| row.opt(name);
         let opt = |name: &str| opt_str(name).map(|v| v.map(str::to_owned));
         let id: EventId = text("id")?
             .parse()
@@ -747,17 +836,14 @@ fn decode_row(row: &SqliteRow) -> Result<RawEvent, Undecodable> {
             datacontenttype: opt("datacontenttype")?,
             dataschema: opt("dataschema")?,
             metadata,
-            data: Bytes::copy_from_slice(
-                row.try_get::<&[u8], _>("data").map_err(|e| e.to_string())?,
-            ),
+            data: row.data()?,
         })
     };
     attempt().map_err(|error| {
-        let data: Vec<u8> = row.try_get("data").unwrap_or_default();
-        let id: String = row.try_get("id").unwrap_or_default();
+        let data = row.data().unwrap_or_default();
         let raw = serde_json::json!({
-            "id": id,
-            "type": row.try_get::<String, _>("type").unwrap_or_default(),
+            "id": row.opt("id").ok().flatten().unwrap_or_default(),
+            "type": row.opt("type").ok().flatten().unwrap_or_default(),
             "data": String::from_utf8_lossy(&data),
         });
         Undecodable {
