@@ -338,6 +338,25 @@ fn services_up() -> Result<(), String> {
         eprintln!("services: installing redis-server (the reconnect test starts its own)");
         apt_install(&["redis-server"])?;
     }
+    // The Kafka interop tests read and write through librdkafka and the CloudEvents SDK.
+    let python_ready = Command::new("python3")
+        .args(["-c", "import confluent_kafka, cloudevents.v1.kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_ready {
+        run(
+            "pip install confluent-kafka cloudevents (Kafka interop tests)",
+            Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "confluent-kafka",
+                "cloudevents>=2",
+            ]),
+        )?;
+    }
     for s in SERVICES {
         if answers(s.default_addr) {
             eprintln!("services: {} answers on {}", s.name, s.default_addr);

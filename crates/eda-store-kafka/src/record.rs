@@ -100,7 +100,23 @@ pub fn from_record(record: &Record) -> Result<RawEvent, Undecodable> {
             .transpose()
             .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
         metadata.tracestate = text("ce_tracestate")?;
-        metadata.partition_key = text("ce_partitionkey")?;
+        // The binding maps `partitionkey` to the key and writes no header for it (the
+        // Python SDK does so); we also write `ce_partitionkey`, so that a key which is
+        // only the event type (no partition key) is not read back as one.
+        metadata.partition_key = match text("ce_partitionkey")? {
+            Some(key) => Some(key),
+            None => record
+                .key
+                .as_ref()
+                .and_then(|k| String::from_utf8(k.clone()).ok())
+                .filter(|k| {
+                    Some(k.as_str())
+                        != record
+                            .headers
+                            .get("ce_type")
+                            .and_then(|t| std::str::from_utf8(t).ok())
+                }),
+        };
         metadata.correlation_id = text("ce_correlationid")?;
         metadata.causation_id = text("ce_causationid")?
             .map(|c| c.parse())
