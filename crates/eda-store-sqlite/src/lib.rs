@@ -1099,7 +1099,6 @@ impl OffsetStore for SqliteStore {
                 return Ok(Vec::new());
             }
             let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
-            let mut counts: std::collections::HashMap<i64, i64> = Default::default();
             for chunk in offsets.chunks(INSERT_CHUNK) {
                 let mut upsert = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO eda_attempts (grp, topic, partition, offset, attempts) ",
@@ -1113,19 +1112,38 @@ impl OffsetStore for SqliteStore {
                 });
                 upsert.push(
                     " ON CONFLICT (grp, topic, partition, offset) \
-                     DO UPDATE SET attempts = attempts + 1 RETURNING offset, attempts",
+                     DO UPDATE SET attempts = attempts + 1",
                 );
-                let rows: Vec<(i64, i64)> = upsert
-                    .build_query_as()
-                    .fetch_all(&mut *tx)
+                upsert
+                    .build()
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                counts.extend(rows);
             }
+            // The counts back as one JSON row (sqlx hands rows over one at a time).
+            let (low, high) = (
+                offsets.iter().min().copied().unwrap_or(0),
+                offsets.iter().max().copied().unwrap_or(0),
+            );
+            let json: Option<String> = sqlx::query_scalar(
+                "SELECT json_group_object(offset, attempts) FROM eda_attempts \
+                 WHERE grp = ? AND topic = ? AND partition = ? AND offset BETWEEN ? AND ?",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(low)
+            .bind(high)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let counts: std::collections::HashMap<String, i64> =
+                serde_json::from_str(json.as_deref().unwrap_or("{}"))
+                    .map_err(|e| StoreError::Unavailable(format!("reading attempts: {e}")))?;
             tx.commit().await.map_err(unavailable)?;
             Ok(offsets
                 .iter()
-                .map(|o| counts.get(o).copied().unwrap_or(1) as u32)
+                .map(|o| counts.get(&o.to_string()).copied().unwrap_or(1) as u32)
                 .collect())
         })
     }
