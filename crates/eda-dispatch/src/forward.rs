@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eda_core::{
-    CancellationToken, ConsumeOptions, Context, DeadLetter, Delivery, Envelope, Event, EventStore,
-    Handler, HandlerError, HandlerResult, RawEvent, StartFrom, dead_letter_topic,
+    CancellationToken, ConsumeOptions, Context, Delivery, Envelope, Event, EventStore, Handler,
+    HandlerError, HandlerResult, RawEvent, StartFrom,
 };
 use futures_util::StreamExt as _;
 use tokio::task::JoinHandle;
 
-use crate::runner::undecodable_record;
+use crate::runner::{append_dead_letter, undecodable_record};
 
 /// Settings of a [`Forwarder`].
 #[derive(Clone, Debug)]
@@ -175,27 +175,24 @@ impl Bridge {
     }
 
     async fn forward(&self, batch: Vec<Delivery>) {
-        let (good, bad): (Vec<Delivery>, Vec<Delivery>) =
-            batch.into_iter().partition(|d| d.record.is_ok());
-        for d in bad {
-            let raw = match &d.record {
-                Err(u) => undecodable_record(&u.raw, &Arc::from(self.from_topic.as_str())),
-                Ok(_) => unreachable!("partitioned"),
-            };
-            let reason = match &d.record {
-                Err(u) => format!("undecodable record: {}", u.error),
-                Ok(_) => unreachable!("partitioned"),
-            };
-            let attempt = d.attempt;
-            self.dead_letter(d, raw, attempt, reason).await;
+        let mut good = Vec::with_capacity(batch.len());
+        let mut records: Vec<RawEvent> = Vec::with_capacity(batch.len());
+        for d in batch {
+            match &d.record {
+                Ok(raw) => {
+                    records.push(raw.clone());
+                    good.push(d);
+                }
+                Err(u) => {
+                    let raw = undecodable_record(&u.raw, &Arc::from(self.from_topic.as_str()));
+                    let reason = format!("undecodable record: {}", u.error);
+                    self.dead_letter(d, raw, reason).await;
+                }
+            }
         }
         if good.is_empty() {
             return;
         }
-        let records: Vec<RawEvent> = good
-            .iter()
-            .filter_map(|d| d.record.as_ref().ok().cloned())
-            .collect();
         match self.to.append(&self.to_topic, records).await {
             Ok(_) => {
                 for d in good {
@@ -206,12 +203,11 @@ impl Bridge {
                 tracing::warn!(to = %self.to_topic, error = %e, "forwarder: append to the target failed");
                 let reason = format!("append to `{}` failed: {e}", self.to_topic);
                 for d in good {
-                    if d.attempt >= self.options.max_attempts.max(1) {
-                        let raw = d.record.as_ref().ok().cloned().expect("decodable");
-                        let attempt = d.attempt;
-                        self.dead_letter(d, raw, attempt, reason.clone()).await;
-                    } else {
-                        settle(d.nack(reason.clone()).await);
+                    match d.record.clone() {
+                        Ok(raw) if d.attempt >= self.options.max_attempts.max(1) => {
+                            self.dead_letter(d, raw, reason.clone()).await;
+                        }
+                        _ => settle(d.nack(reason.clone()).await),
                     }
                 }
                 // Give a failing target a moment before the redeliveries come back.
@@ -222,18 +218,22 @@ impl Bridge {
 
     /// Writes `<source topic>.dlq` in the source store and acks; leaves the delivery
     /// unacked (so it comes back) if the dead letter cannot be written.
-    async fn dead_letter(&self, d: Delivery, raw: RawEvent, attempts: u32, reason: String) {
-        let dlq = dead_letter_topic(&self.from_topic);
-        let letter = DeadLetter::new(
-            raw,
+    async fn dead_letter(&self, d: Delivery, raw: RawEvent, reason: String) {
+        let subscriber = format!("forward:{}", self.to_topic);
+        let written = append_dead_letter(
+            &*self.from,
             self.from_topic.clone(),
-            format!("forward:{}", self.to_topic),
-            attempts,
+            subscriber,
+            raw,
+            d.attempt,
             reason,
-        );
-        match self.from.append(&dlq, vec![letter.event]).await {
-            Ok(_) => settle(d.ack().await),
-            Err(e) => tracing::error!(error = %e, "forwarder: cannot write to {dlq}"),
+        )
+        .await;
+        match written {
+            Ok(()) => settle(d.ack().await),
+            Err(e) => {
+                tracing::error!(topic = %self.from_topic, error = %e, "forwarder: cannot write the dead letter")
+            }
         }
     }
 }

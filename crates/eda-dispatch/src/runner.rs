@@ -112,6 +112,21 @@ pub(crate) fn undecodable_record(bytes: &eda_core::Bytes, source: &Arc<str>) -> 
     }
 }
 
+/// Writes a dead letter of `raw` (read from `topic` by `subscriber`) to `<topic>.dlq` in
+/// `store`: the durable runner's and the forwarder's last resort.
+pub(crate) async fn append_dead_letter(
+    store: &dyn eda_core::EventStore,
+    topic: String,
+    subscriber: String,
+    raw: eda_core::RawEvent,
+    attempts: u32,
+    reason: String,
+) -> Result<(), eda_core::StoreError> {
+    let dlq = eda_core::dead_letter_topic(&topic);
+    let letter = DeadLetter::new(raw, topic, subscriber, attempts, reason);
+    store.append(&dlq, vec![letter.event]).await.map(drop)
+}
+
 /// How one delivery ended.
 enum Outcome {
     Delivered,
@@ -484,12 +499,11 @@ where
         reason: String,
     ) -> bool {
         let topic = self.info.topic().to_string();
-        let dlq = eda_core::dead_letter_topic(&topic);
-        let letter = DeadLetter::new(raw, topic, self.info.name().to_string(), attempts, reason);
-        match store.append(&dlq, vec![letter.event]).await {
-            Ok(_) => true,
+        let subscriber = self.info.name().to_string();
+        match append_dead_letter(store, topic, subscriber, raw, attempts, reason).await {
+            Ok(()) => true,
             Err(e) => {
-                tracing::error!(subscription = %self.info.name(), error = %e, "cannot write to {dlq}");
+                tracing::error!(subscription = %self.info.name(), error = %e, "cannot write the dead letter");
                 false
             }
         }
