@@ -382,6 +382,7 @@ impl RedisStreamStore {
 }
 
 /// A delivered entry, as the ack script checks it.
+#[derive(Clone)]
 struct AckKey {
     stream: Arc<str>,
     group: Arc<str>,
@@ -455,14 +456,7 @@ impl RedisAck {
 
 impl AckHandle for RedisAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        let k = &self.key;
-        self.store.inner.acks.push(AckKey {
-            stream: k.stream.clone(),
-            group: k.group.clone(),
-            consumer: k.consumer.clone(),
-            id: k.id.clone(),
-            count: k.count,
-        });
+        self.store.inner.acks.push(self.key.clone());
         Box::pin(std::future::ready(Ok(())))
     }
     fn nack(&self, _reason: String) -> BoxFuture<'_, Result<(), StoreError>> {

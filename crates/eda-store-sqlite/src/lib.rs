@@ -175,6 +175,7 @@ struct Inner {
 }
 
 /// An acked delivery, until its in-flight row is deleted.
+#[derive(Clone)]
 struct AckKey {
     topic: Arc<str>,
     group: Arc<str>,
@@ -882,12 +883,7 @@ impl AckHandle for SqliteAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // Queued: flushed in a batch (see `SqliteStoreBuilder::ack_batching`). An ack of
         // a delivery that timed out meanwhile matches no row and has no effect.
-        self.store.inner.acks.push(AckKey {
-            topic: self.key.topic.clone(),
-            group: self.key.group.clone(),
-            seq: self.key.seq,
-            token: self.key.token,
-        });
+        self.store.inner.acks.push(self.key.clone());
         Box::pin(std::future::ready(Ok(())))
     }
     fn nack(&self, _reason: String) -> BoxFuture<'_, Result<(), StoreError>> {
