@@ -12,6 +12,7 @@ use eda_core::{
 };
 use eda_dispatch::{Bus, PublishError, RetryPolicy, SubscribeError, SubscribeOptions};
 use eda_testkit::MemoryStore;
+use eda_testkit::wait_until;
 
 type Seen = Arc<Mutex<Vec<u64>>>;
 
@@ -28,17 +29,6 @@ fn recording(
     }
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = tokio::time::Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_are_stored_then_handled() {
     let store = MemoryStore::new();
@@ -52,7 +42,7 @@ async fn published_events_are_stored_then_handled() {
     for i in 0..100 {
         bus.publish(order(i)).await.unwrap();
     }
-    wait_for("100 events", || seen.lock().unwrap().len() == 100).await;
+    wait_until("100 events", async || seen.lock().unwrap().len() == 100).await;
     let stored = store
         .read("order.created", ReadRange::default())
         .await
@@ -96,7 +86,7 @@ async fn failures_are_redelivered_then_dead_lettered_in_the_store() {
         bus.publish(order(i)).await.unwrap();
     }
     let dlq = "order.created.dlq";
-    wait_for("a dead letter", || {
+    wait_until("a dead letter", async || {
         futures_util::FutureExt::now_or_never(store.read(dlq, ReadRange::default()))
             .and_then(Result::ok)
             .is_some_and(|v| !v.is_empty())
@@ -148,8 +138,8 @@ async fn undecodable_records_go_to_the_dead_letters_and_the_stream_goes_on() {
     bus.publish(order(1)).await.unwrap();
     store.write_raw("order.created", &b"{\"not\": \"a cloudevent\"}"[..]);
     bus.publish(order(2)).await.unwrap();
-    wait_for("both good events", || seen.lock().unwrap().len() == 2).await;
-    wait_for("the dead letter", || {
+    wait_until("both good events", async || seen.lock().unwrap().len() == 2).await;
+    wait_until("the dead letter", async || {
         futures_util::FutureExt::now_or_never(store.read("order.created.dlq", ReadRange::default()))
             .and_then(Result::ok)
             .is_some_and(|v| v.len() == 1)
@@ -204,8 +194,8 @@ async fn expired_durable_events_go_to_the_dead_letters_and_are_counted_once() {
     old.time = eda_core::Timestamp::from_unix_millis(old.time.unix_millis() - 120_000);
     bus.publish_envelope(old).await.unwrap();
     bus.publish(order(2)).await.unwrap();
-    wait_for("the fresh event", || seen.lock().unwrap().len() == 1).await;
-    wait_for("the dead letter", || {
+    wait_until("the fresh event", async || seen.lock().unwrap().len() == 1).await;
+    wait_until("the dead letter", async || {
         futures_util::FutureExt::now_or_never(store.read("order.created.dlq", ReadRange::default()))
             .and_then(Result::ok)
             .is_some_and(|v| v.len() == 1)
@@ -312,7 +302,10 @@ async fn postcard_topics_record_their_schema_and_refuse_another_version() {
         )
         .unwrap();
     bus.publish(order(7)).await.unwrap();
-    wait_for("the v1 subscriber", || seen.lock().unwrap().len() == 1).await;
+    wait_until("the v1 subscriber", async || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
     let stored = store
         .read("order.created", ReadRange::default())
         .await

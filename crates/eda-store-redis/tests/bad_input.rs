@@ -6,10 +6,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{OrderCreated, private_store, wait_for};
+use common::{OrderCreated, private_store};
 use eda_core::{Context, DLQ_REASON, Envelope, EventStore, ReadRange};
 use eda_dispatch::{Bus, RetryPolicy, SubscribeOptions};
 use eda_testkit::backend::{redis_url, require};
+use eda_testkit::wait_until;
 use fred::interfaces::StreamsInterface;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,11 +65,8 @@ async fn foreign_entries_are_dead_lettered_and_the_group_goes_on() {
         .unwrap();
     bus.publish(OrderCreated { order_id: 2 }).await.unwrap();
 
-    wait_for("both good events", Duration::from_secs(15), async || {
-        seen.lock().unwrap().len() == 2
-    })
-    .await;
-    wait_for("two dead letters", Duration::from_secs(15), async || {
+    wait_until("both good events", async || seen.lock().unwrap().len() == 2).await;
+    wait_until("two dead letters", async || {
         store
             .read("order.created.dlq", ReadRange::default())
             .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 use eda_core::{Context, Envelope, Event};
 use eda_dispatch::{Bus, SubscribeOptions};
 use eda_store_sqlite::SqliteStore;
+use eda_testkit::wait_until;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,17 +37,6 @@ fn recording(
     }
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = tokio::time::Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_service_resumes_from_the_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +53,7 @@ async fn a_restarted_service_resumes_from_the_sqlite_file() {
     for i in 0..10 {
         bus.publish(order(i)).await.unwrap();
     }
-    wait_for("the first 10", || seen.lock().unwrap().len() == 10).await;
+    wait_until("the first 10", async || seen.lock().unwrap().len() == 10).await;
     drop(sub);
     bus.shutdown(Duration::from_secs(5)).await;
 
@@ -82,7 +72,7 @@ async fn a_restarted_service_resumes_from_the_sqlite_file() {
     let _sub = bus
         .subscribe_with(SubscribeOptions::new().name("billing"), recording(&seen))
         .unwrap();
-    wait_for("the 5 published while down", || {
+    wait_until("the 5 published while down", async || {
         seen.lock().unwrap().len() == 15
     })
     .await;

@@ -9,7 +9,7 @@ use eda_core::{
 };
 use eda_dispatch::{ForwardOptions, Forwarder};
 use eda_store_sqlite::{Retention, SqliteStore};
-use eda_testkit::MemoryStore;
+use eda_testkit::{MemoryStore, wait_until};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -58,17 +58,6 @@ async fn ids_in(store: &dyn EventStore, topic: &str) -> Vec<i64> {
         .collect()
 }
 
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !done().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_events_commit_and_roll_back_with_the_business_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,11 +95,11 @@ async fn the_forwarder_moves_the_outbox_to_another_store_and_dead_letters_garbag
     for id in 50..100 {
         place(&store, id, true).await;
     }
-    wait_for("100 forwarded events", async || {
+    wait_until("100 forwarded events", async || {
         ids_in(&target, "orders").await.len() >= 100
     })
     .await;
-    wait_for("the garbage in the dead letters", async || {
+    wait_until("the garbage in the dead letters", async || {
         !store
             .read("orders.dlq", ReadRange::default())
             .await
@@ -142,7 +131,7 @@ async fn the_forwarder_moves_the_outbox_to_another_store_and_dead_letters_garbag
         "orders",
         ForwardOptions::default(),
     );
-    wait_for("the 101st event", async || {
+    wait_until("the 101st event", async || {
         ids_in(&target, "orders").await.len() >= 101
     })
     .await;

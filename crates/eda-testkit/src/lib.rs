@@ -22,3 +22,16 @@ mod memory;
 
 pub use conformance::Harness;
 pub use memory::MemoryStore;
+
+/// Polls `done` every 10 ms until it holds; panics naming `what` after 15 s. For tests
+/// that wait on another task or process.
+pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,7 +1,6 @@
 //! Shared by the Redis store's tests.
 #![allow(dead_code)]
 
-use std::time::Duration;
 
 use eda_core::Event;
 use eda_store_redis::RedisStreamStore;
@@ -26,12 +25,4 @@ pub async fn private_store() -> RedisStreamStore {
 
 pub fn unique_prefix() -> String {
     format!("eda-test-{:08x}:", fastrand::u32(..))
-}
-
-pub async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
