@@ -84,6 +84,40 @@ impl RawEvent {
         })
     }
 
+    /// The event's attributes as the CloudEvents Kafka protocol binding names them in
+    /// binary mode: `ce_<attribute>` (`content-type` for `datacontenttype`, extensions as
+    /// `ce_<name>`), `ce_id` first, then `ce_specversion`, `ce_source`, `ce_type`,
+    /// `ce_time`, the optional attributes present and the extensions. The data is not
+    /// included. The Redis store writes these as stream fields, the Kafka store as
+    /// record headers.
+    pub fn binary_headers(&self) -> Vec<(String, String)> {
+        let m = &self.metadata;
+        let mut headers = vec![
+            ("ce_id".to_owned(), self.id.to_string()),
+            ("ce_specversion".to_owned(), SPEC_VERSION.to_owned()),
+            ("ce_source".to_owned(), self.source.to_string()),
+            ("ce_type".to_owned(), self.event_type.to_string()),
+            ("ce_time".to_owned(), self.time.to_rfc3339()),
+        ];
+        let optional = [
+            ("content-type", self.datacontenttype.clone()),
+            ("ce_dataschema", self.dataschema.clone()),
+            ("ce_subject", m.subject.clone()),
+            ("ce_traceparent", m.traceparent.map(|t| t.to_string())),
+            ("ce_tracestate", m.tracestate.clone()),
+            ("ce_partitionkey", m.partition_key.clone()),
+            ("ce_correlationid", m.correlation_id.clone()),
+            ("ce_causationid", m.causation_id.map(|c| c.to_string())),
+        ];
+        headers.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, value)| Some((name.to_owned(), value?))),
+        );
+        headers.extend(m.headers().map(|(k, v)| (format!("ce_{k}"), v.to_owned())));
+        headers
+    }
+
     /// This event as a CloudEvents JSON document.
     pub fn to_json(&self) -> Result<String, EnvelopeError> {
         serde_json::to_string(self).map_err(|e| EnvelopeError::Format(e.to_string()))

@@ -26,41 +26,18 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
 
 /// The record of an event.
 pub fn to_record(r: &RawEvent) -> Record {
-    let mut headers: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut put = |name: &str, value: &str| {
-        headers.insert(name.to_owned(), value.as_bytes().to_vec());
-    };
-    put("ce_specversion", eda_core::SPEC_VERSION);
-    put("ce_id", &r.id.to_string());
-    put("ce_source", &r.source);
-    put("ce_type", &r.event_type);
-    put("ce_time", &r.time.to_rfc3339());
+    let mut headers: BTreeMap<String, Vec<u8>> = r
+        .binary_headers()
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect();
+    // Plain W3C headers too, for OpenTelemetry-instrumented consumers.
     let m = &r.metadata;
-    if let Some(ct) = &r.datacontenttype {
-        put("content-type", ct);
-    }
-    let optional = [
-        ("ce_dataschema", r.dataschema.clone()),
-        ("ce_subject", m.subject.clone()),
-        ("ce_traceparent", m.traceparent.map(|t| t.to_string())),
-        ("ce_tracestate", m.tracestate.clone()),
-        ("ce_partitionkey", m.partition_key.clone()),
-        ("ce_correlationid", m.correlation_id.clone()),
-        ("ce_causationid", m.causation_id.map(|c| c.to_string())),
-    ];
-    for (name, value) in optional {
-        if let Some(value) = value {
-            put(name, &value);
-        }
-    }
     if let Some(tp) = m.traceparent {
-        put("traceparent", &tp.to_string());
+        headers.insert("traceparent".to_owned(), tp.to_string().into_bytes());
     }
     if let Some(ts) = &m.tracestate {
-        put("tracestate", ts);
-    }
-    for (name, value) in m.headers() {
-        put(&format!("ce_{name}"), value);
+        headers.insert("tracestate".to_owned(), ts.clone().into_bytes());
     }
     Record {
         key: Some(key_of(r).as_bytes().to_vec()),

@@ -11,34 +11,14 @@ use fred::types::Value;
 /// The field that holds the data.
 pub(crate) const DATA: &str = "data";
 
-/// Fields of `record`, `ce_id` first (the append script relies on it).
+/// Fields of `record`: its binary-mode attributes (`ce_id` first: the append script
+/// relies on it), then the data.
 pub(crate) fn encode(r: &RawEvent) -> Vec<(String, Bytes)> {
-    let mut fields: Vec<(String, Bytes)> = Vec::with_capacity(12);
-    let mut text = |name: &str, value: String| fields.push((name.to_owned(), Bytes::from(value)));
-    text("ce_id", r.id.to_string());
-    text("ce_specversion", eda_core::SPEC_VERSION.to_owned());
-    text("ce_source", r.source.to_string());
-    text("ce_type", r.event_type.to_string());
-    text("ce_time", r.time.to_rfc3339());
-    let m = &r.metadata;
-    let optional = [
-        ("content-type", r.datacontenttype.clone()),
-        ("ce_dataschema", r.dataschema.clone()),
-        ("ce_subject", m.subject.clone()),
-        ("ce_traceparent", m.traceparent.map(|t| t.to_string())),
-        ("ce_tracestate", m.tracestate.clone()),
-        ("ce_partitionkey", m.partition_key.clone()),
-        ("ce_correlationid", m.correlation_id.clone()),
-        ("ce_causationid", m.causation_id.map(|c| c.to_string())),
-    ];
-    for (name, value) in optional {
-        if let Some(value) = value {
-            text(name, value);
-        }
-    }
-    for (name, value) in m.headers() {
-        text(&format!("ce_{name}"), value.to_owned());
-    }
+    let mut fields: Vec<(String, Bytes)> = r
+        .binary_headers()
+        .into_iter()
+        .map(|(name, value)| (name, Bytes::from(value)))
+        .collect();
     fields.push((DATA.to_owned(), r.data.clone()));
     fields
 }

@@ -1,7 +1,6 @@
 //! Shared by the Redis store's tests.
 #![allow(dead_code)]
 
-
 use eda_core::Event;
 use eda_store_redis::RedisStreamStore;
 use serde::{Deserialize, Serialize};
