@@ -63,6 +63,8 @@ struct Shared<T> {
     closed: AtomicBool,
     options: AckBatchOptions,
     flusher: Arc<dyn FlushAcks<T>>,
+    flushed: metrics::Counter,
+    given_up: metrics::Counter,
 }
 
 impl<T: Send + 'static> Shared<T> {
@@ -75,8 +77,12 @@ impl<T: Send + 'static> Shared<T> {
         let mut attempt = 1;
         loop {
             match self.flusher.flush_acks(&batch).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.flushed.increment(1);
+                    return Ok(());
+                }
                 Err(e) if attempt >= self.options.attempts.max(1) => {
+                    self.given_up.increment(1);
                     tracing::warn!(
                         acks = batch.len(),
                         error = %e,
@@ -106,6 +112,8 @@ impl<T: Send + 'static> AckBatcher<T> {
             closed: AtomicBool::new(false),
             options,
             flusher: Arc::new(flusher),
+            flushed: metrics::counter!(crate::observe::ACK_FLUSHES, "outcome" => "ok"),
+            given_up: metrics::counter!(crate::observe::ACK_FLUSHES, "outcome" => "error"),
         });
         tokio::spawn(run(shared.clone()));
         Self { shared }

@@ -34,6 +34,7 @@ mod event;
 mod handler;
 mod id;
 mod metadata;
+pub mod observe;
 mod raw;
 mod store;
 
@@ -53,6 +54,7 @@ pub use handler::{
 };
 pub use id::{EventId, Timestamp};
 pub use metadata::{Cause, Metadata, RESERVED_NAMES, TraceParent, validate_extension_name};
+pub use observe::TraceContext;
 pub use raw::RawEvent;
 pub use store::{
     AckHandle, ConsumeOptions, Delivery, DeliveryStream, EventStore, Features, LeaseStore,

@@ -261,6 +261,18 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Makes everything appended and acked so far durable (writes queued acks).
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records of `topic` that `group` has not acked: not yet delivered plus delivered
+    /// and pending. Feeds the `eda_backlog` gauge. `None` (the default) when the store
+    /// cannot tell, or the group does not exist yet.
+    fn backlog<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let _ = (topic, group);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Committed positions per group and partition, for stores that track them outside the

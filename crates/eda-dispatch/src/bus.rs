@@ -12,11 +12,12 @@ use arc_swap::ArcSwap;
 use eda_core::{
     CancellationToken, DeadLetterSink, Envelope, Event, EventId, EventInfo, EventStore, Handler,
     Interceptor, MemoryDeadLetters, Metadata, Middleware, PublishAttributes, RawEvent, StoreError,
-    SubscriptionInfo, SyncHandler, Timestamp, TraceParent, is_default_source,
+    SubscriptionInfo, SyncHandler, Timestamp, TraceContext, TraceParent, is_default_source,
 };
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::cause::CURRENT_EVENT;
 use crate::commit::{CommitOptions, GroupCommit};
@@ -72,6 +73,7 @@ pub(crate) struct Inner {
     source: Arc<str>,
     interceptors: Vec<Arc<dyn Interceptor>>,
     middleware: Vec<Arc<dyn Middleware>>,
+    trace: Option<Arc<dyn TraceContext>>,
     routing: ArcSwap<Routing>,
     registry: Mutex<Registry>,
     counters: Arc<Counters>,
@@ -101,6 +103,8 @@ struct TypeRoute {
     sinks: Vec<Arc<dyn Sink>>,
     /// The topic whose ring the asynchronous groups read.
     topic: Option<Arc<Topic>>,
+    /// `eda_events_published_total{topic, type}`.
+    published: Option<metrics::Counter>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -140,6 +144,23 @@ struct Registry {
     topics: HashMap<Arc<str>, Arc<Topic>>,
     /// Pattern groups: they read every topic.
     pattern_groups: Vec<Arc<dyn AnyGroup>>,
+    /// Subscriptions of durable topics, by name: (topic, group).
+    durable_subs: HashMap<String, (String, String)>,
+}
+
+/// Events waiting for one subscription group on one topic: see [`Bus::backlog`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// The topic.
+    pub topic: String,
+    /// The subscription group.
+    pub group: String,
+    /// Events not yet taken by the group (in process: its lag behind the topic's ring;
+    /// durable: what the store reports, `None` when it cannot tell).
+    pub pending: Option<u64>,
+    /// Whether the topic is durable (bound to a store).
+    pub durable: bool,
 }
 
 /// Builds a [`Bus`]. Every setting has a default; see [`BusConfig`].
@@ -148,6 +169,7 @@ pub struct BusBuilder {
     config: BusConfig,
     interceptors: Vec<Arc<dyn Interceptor>>,
     middleware: Vec<Arc<dyn Middleware>>,
+    trace: Option<Arc<dyn TraceContext>>,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     runtime: Option<Handle>,
     durable: HashMap<String, Arc<dyn EventStore>>,
@@ -224,6 +246,12 @@ impl BusBuilder {
         self.middleware.push(Arc::new(middleware));
         self
     }
+    /// Links each `eda.handle` span to the trace its event carries (e.g. the
+    /// OpenTelemetry propagation of `eda-observe`). Without it the spans stand alone.
+    pub fn trace_context(mut self, trace: impl TraceContext) -> Self {
+        self.trace = Some(Arc::new(trace));
+        self
+    }
     /// Where dead letters go (default: a [`MemoryDeadLetters`] that logs each one).
     pub fn dead_letter_sink(mut self, sink: impl DeadLetterSink) -> Self {
         self.dead_letters = Some(Arc::new(sink));
@@ -242,6 +270,7 @@ impl BusBuilder {
                 source,
                 interceptors: self.interceptors,
                 middleware: self.middleware,
+                trace: self.trace,
                 routing: ArcSwap::from_pointee(Routing::default()),
                 registry: Mutex::new(Registry::default()),
                 counters: Arc::new(Counters::default()),
@@ -294,6 +323,7 @@ impl Bus {
             config: BusConfig::default(),
             interceptors: Vec::new(),
             middleware: Vec::new(),
+            trace: None,
             dead_letters: None,
             runtime: None,
             durable: HashMap::new(),
@@ -315,6 +345,52 @@ impl Bus {
         self.inner.counters.snapshot()
     }
 
+    /// What every async group has yet to handle, per topic: for in-process topics the
+    /// group's lag behind the ring, for durable topics the store's
+    /// [`backlog`](EventStore::backlog) (a store error is logged and reported as
+    /// `None`). `eda-observe` samples this into the `eda_backlog` gauge.
+    pub async fn backlog(&self) -> Vec<Backlog> {
+        let (mut out, durable) = {
+            let registry = lock(&self.inner.registry);
+            let mut out = Vec::new();
+            for ((_, group), entry) in &registry.groups {
+                if let GroupKind::Async(g) = &entry.kind {
+                    for (topic, lag) in g.lags() {
+                        out.push(Backlog {
+                            topic: topic.to_string(),
+                            group: group.clone(),
+                            pending: Some(lag as u64),
+                            durable: false,
+                        });
+                    }
+                }
+            }
+            let durable: HashSet<(String, String)> =
+                registry.durable_subs.values().cloned().collect();
+            (out, durable)
+        };
+        for (topic, group) in durable {
+            let Some(commit) = self.inner.durable.get(&topic) else {
+                continue;
+            };
+            let pending = match commit.store.backlog(&topic, &group).await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    tracing::debug!(%topic, %group, error = %e, "cannot read the store's backlog");
+                    None
+                }
+            };
+            out.push(Backlog {
+                topic,
+                group,
+                pending,
+                durable: true,
+            });
+        }
+        out.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+        out
+    }
+
     // ----- publishing -------------------------------------------------------------------
 
     /// Publishes an event: stamps it (id, time, source, trace context, cause), runs the
@@ -330,6 +406,21 @@ impl Bus {
     /// Publishes an envelope built by the caller (its id, time, source and metadata are
     /// kept; a missing trace context is generated).
     pub async fn publish_envelope<E: Event>(
+        &self,
+        envelope: Envelope<E>,
+    ) -> Result<EventId, PublishError> {
+        let span = self.publish_span(E::TYPE, envelope.id);
+        self.publish_envelope_in_span(envelope)
+            .instrument(span)
+            .await
+    }
+
+    /// The `eda.publish` span of one event.
+    fn publish_span(&self, event_type: &str, id: EventId) -> tracing::Span {
+        crate::obs::publish_span(event_type, id, self.inner.config.topic_of(event_type))
+    }
+
+    async fn publish_envelope_in_span<E: Event>(
         &self,
         mut envelope: Envelope<E>,
     ) -> Result<EventId, PublishError> {
@@ -369,13 +460,15 @@ impl Bus {
             for event in events {
                 let mut envelope = Envelope::new(event);
                 self.check_open(envelope.id)?;
-                self.stamp(
-                    E::TYPE,
-                    envelope.id,
-                    &mut envelope.time,
-                    &mut envelope.source,
-                    &mut envelope.metadata,
-                );
+                self.publish_span(E::TYPE, envelope.id).in_scope(|| {
+                    self.stamp(
+                        E::TYPE,
+                        envelope.id,
+                        &mut envelope.time,
+                        &mut envelope.source,
+                        &mut envelope.metadata,
+                    )
+                });
                 let raw =
                     envelope
                         .to_raw(&commit.options.codec)
@@ -390,6 +483,7 @@ impl Bus {
             let Some(&first) = ids.first() else {
                 return Ok(ids);
             };
+            let started = std::time::Instant::now();
             commit
                 .store
                 .append(topic, records)
@@ -399,6 +493,8 @@ impl Bus {
                     topic: topic.to_owned(),
                     source,
                 })?;
+            commit.metrics.appended(ids.len(), started.elapsed());
+            crate::obs::published_counter(topic, E::TYPE).increment(ids.len() as u64);
             self.inner
                 .counters
                 .published
@@ -423,6 +519,8 @@ impl Bus {
         &self,
         mut envelope: Envelope<E>,
     ) -> Result<EventId, PublishError> {
+        let span = self.publish_span(E::TYPE, envelope.id);
+        let _entered = span.enter();
         self.check_open(envelope.id)?;
         self.stamp(
             E::TYPE,
@@ -449,7 +547,12 @@ impl Bus {
     /// Publishes a type-erased record (e.g. from a store or another service). Typed
     /// subscribers decode it; one that cannot decode it dead-letters it with the reason,
     /// and the events around it flow on.
-    pub async fn publish_raw(&self, mut raw: RawEvent) -> Result<EventId, PublishError> {
+    pub async fn publish_raw(&self, raw: RawEvent) -> Result<EventId, PublishError> {
+        let span = self.publish_span(&raw.event_type, raw.id);
+        self.publish_raw_in_span(raw).instrument(span).await
+    }
+
+    async fn publish_raw_in_span(&self, mut raw: RawEvent) -> Result<EventId, PublishError> {
         self.check_open(raw.id)?;
         let event_type = raw.event_type.clone();
         self.stamp(
@@ -486,6 +589,7 @@ impl Bus {
         raw: RawEvent,
     ) -> Result<EventId, PublishError> {
         let event_id = raw.id;
+        let event_type = raw.event_type.clone();
         commit
             .append(self.inner.runtime.as_ref(), raw)
             .await
@@ -494,6 +598,7 @@ impl Bus {
                 topic: topic.to_owned(),
                 source,
             })?;
+        crate::obs::published_counter(topic, &event_type).increment(1);
         bump(&self.inner.counters.published);
         Ok(event_id)
     }
@@ -533,8 +638,13 @@ impl Bus {
         }
     }
 
-    /// Runs the synchronous groups and returns the topic for the asynchronous ones.
-    fn run_sync(&self, offer: &Offer<'_>, failures: &mut Vec<SyncFailure>) -> Option<Arc<Topic>> {
+    /// Runs the synchronous groups and returns the topic for the asynchronous ones,
+    /// and the type's published counter.
+    fn run_sync(
+        &self,
+        offer: &Offer<'_>,
+        failures: &mut Vec<SyncFailure>,
+    ) -> (Option<Arc<Topic>>, metrics::Counter) {
         let routing = self.inner.routing.load();
         match routing.by_type.get(offer.event_type) {
             Some(route) => {
@@ -543,16 +653,38 @@ impl Bus {
                         failures.push(failure);
                     }
                 }
-                route.topic.clone()
+                let published = match &route.published {
+                    Some(counter) => counter.clone(),
+                    None => self.register_published(offer.event_type),
+                };
+                (route.topic.clone(), published)
             }
             // First event of a type while pattern groups exist: they need its topic.
             None if routing.patterns => {
                 drop(routing);
-                let mut registry = lock(&self.inner.registry);
-                Some(self.ensure_topic(&mut registry, offer.event_type, None))
+                let topic = {
+                    let mut registry = lock(&self.inner.registry);
+                    self.ensure_topic(&mut registry, offer.event_type, None)
+                };
+                (Some(topic), self.register_published(offer.event_type))
             }
-            None => None,
+            None => (None, self.register_published(offer.event_type)),
         }
+    }
+
+    /// Registers `eda_events_published_total{topic, type}` for a type and keeps it in
+    /// the type's route (the first publish of each type comes here).
+    fn register_published(&self, event_type: &str) -> metrics::Counter {
+        let topic = self.inner.config.topic_of(event_type);
+        let counter = crate::obs::published_counter(topic, event_type);
+        let event_type: Arc<str> = Arc::from(event_type);
+        self.inner.routing.rcu(|routing| {
+            let mut routing = Routing::clone(routing);
+            let route = routing.by_type.entry(event_type.clone()).or_default();
+            route.published.get_or_insert_with(|| counter.clone());
+            routing
+        });
+        counter
     }
 
     /// Appends the event to the topic's ring. `wait`: how long to wait for room.
@@ -580,16 +712,21 @@ impl Bus {
                 .slowest_group()
                 .unwrap_or_else(|| (Arc::from("?"), Backpressure::Block));
             if !wait || policy == Backpressure::Fail {
+                topic.metrics.timeouts.increment(1);
                 return Err(PublishError::Full {
                     event_id,
                     subscription: group.to_string(),
                 });
             }
-            let until = *deadline.get_or_insert_with(|| Instant::now() + topic.dispatch_timeout);
+            let until = *deadline.get_or_insert_with(|| {
+                topic.metrics.waits.increment(1);
+                Instant::now() + topic.dispatch_timeout
+            });
             match tokio::time::timeout_at(until, topic.producer.room()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_closed)) => return Err(PublishError::ShutDown { event_id }),
                 Err(_) => {
+                    topic.metrics.timeouts.increment(1);
                     return Err(PublishError::Timeout {
                         event_id,
                         subscription: group.to_string(),
@@ -606,9 +743,11 @@ impl Bus {
         event: Arc<dyn EventInfo>,
     ) -> Result<(), PublishError> {
         let mut failures = Vec::new();
-        if let Some(topic) = self.run_sync(offer, &mut failures) {
+        let (topic, published) = self.run_sync(offer, &mut failures);
+        if let Some(topic) = topic {
             self.append(&topic, event, true).await?;
         }
+        published.increment(1);
         self.finish(offer, failures)
     }
 
@@ -618,7 +757,8 @@ impl Bus {
         event: Arc<dyn EventInfo>,
     ) -> Result<(), PublishError> {
         let mut failures = Vec::new();
-        if let Some(topic) = self.run_sync(offer, &mut failures) {
+        let (topic, published) = self.run_sync(offer, &mut failures);
+        if let Some(topic) = topic {
             // Never waits (wait = false), so the future completes on its first poll.
             let append = std::pin::pin!(self.append(&topic, event, false));
             let waker = futures_util::task::noop_waker_ref();
@@ -627,6 +767,7 @@ impl Bus {
                 std::task::Poll::Pending => unreachable!("append without waiting never pends"),
             }
         }
+        published.increment(1);
         self.finish(offer, failures)
     }
 
@@ -659,6 +800,7 @@ impl Bus {
             None => {
                 let tc = config.topic_config(&name);
                 let topic = Topic::new(
+                    &name,
                     capacity.or(tc.capacity).unwrap_or(config.queue_capacity),
                     tc.dispatch_timeout.unwrap_or(config.dispatch_timeout),
                 );
@@ -757,7 +899,9 @@ impl Bus {
                 executor: options.executor.clone(),
                 ttl: config.topic_config(topic).ttl,
                 middleware,
+                trace: self.inner.trace.clone(),
             },
+            metrics: Arc::new(crate::obs::GroupMetrics::new(group)),
             gate: gate.clone(),
             counters: self.inner.counters.clone(),
             dead_letters: self.inner.dead_letters.clone(),
@@ -799,6 +943,7 @@ impl Bus {
             max_attempts: settings.retry.max_attempts,
             ..eda_core::ConsumeOptions::default()
         };
+        let topic_name = topic.clone();
         let runner = crate::durable::run::<E, H>(crate::durable::Runner {
             member,
             store,
@@ -812,6 +957,9 @@ impl Bus {
         });
         registry.tasks.retain(|t| !t.is_finished());
         registry.tasks.push(runtime.spawn(runner));
+        registry
+            .durable_subs
+            .insert(name.clone(), (topic_name, group.clone()));
         Ok(Subscription::new(
             &self.inner,
             name,
@@ -1286,6 +1434,7 @@ impl Drop for Subscription {
         };
         let mut registry = lock(&bus.registry);
         registry.names.remove(&self.name);
+        registry.durable_subs.remove(&self.name);
         let map_key = (self.key.clone(), self.group.clone());
         let Some(entry) = registry.groups.get_mut(&map_key) else {
             return;

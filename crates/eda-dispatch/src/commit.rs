@@ -34,6 +34,7 @@ pub(crate) struct GroupCommit {
     pub(crate) store: Arc<dyn EventStore>,
     topic: Arc<str>,
     pub(crate) options: CommitOptions,
+    pub(crate) metrics: Arc<crate::obs::AppendMetrics>,
     sender: OnceLock<mpsc::Sender<(RawEvent, Reply)>>,
 }
 
@@ -41,6 +42,7 @@ impl GroupCommit {
     pub(crate) fn new(topic: &str, store: Arc<dyn EventStore>, options: CommitOptions) -> Self {
         Self {
             store,
+            metrics: Arc::new(crate::obs::AppendMetrics::new(topic)),
             topic: topic.into(),
             options: CommitOptions {
                 max_batch: options.max_batch.max(1),
@@ -59,7 +61,13 @@ impl GroupCommit {
     ) -> Result<(), StoreError> {
         let sender = self.sender.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.options.max_batch * 4);
-            let task = run(self.store.clone(), self.topic.clone(), rx, self.options);
+            let task = run(
+                self.store.clone(),
+                self.topic.clone(),
+                rx,
+                self.options,
+                self.metrics.clone(),
+            );
             match runtime {
                 Some(handle) => drop(handle.spawn(task)),
                 None => drop(tokio::spawn(task)),
@@ -80,6 +88,7 @@ async fn run(
     topic: Arc<str>,
     mut queue: mpsc::Receiver<(RawEvent, Reply)>,
     options: CommitOptions,
+    metrics: Arc<crate::obs::AppendMetrics>,
 ) {
     let mut records = Vec::with_capacity(options.max_batch);
     let mut replies = Vec::with_capacity(options.max_batch);
@@ -101,7 +110,9 @@ async fn run(
             records.push(record);
             replies.push(reply);
         }
+        let (batch, started) = (records.len(), std::time::Instant::now());
         commit(&*store, &topic, &mut records, &mut replies).await;
+        metrics.appended(batch, started.elapsed());
     }
 }
 

@@ -13,7 +13,7 @@
 //!   member takes it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use eda_core::{BoxFuture, CancellationToken, EventInfo};
@@ -42,6 +42,8 @@ pub(crate) struct Group<M, A> {
     pub(crate) policy: Backpressure,
     pub(crate) accepts: A,
     pub(crate) counters: Arc<Counters>,
+    /// `eda_dropped_total{group}`.
+    dropped: metrics::Counter,
     members: Mutex<Vec<Arc<dyn GroupMember<M>>>>,
     version: AtomicU64,
     changed: Notify,
@@ -49,7 +51,15 @@ pub(crate) struct Group<M, A> {
     pub(crate) removed: CancellationToken,
     /// Cancelled at the shutdown deadline: stop at once.
     pub(crate) halt: CancellationToken,
-    attachments: Mutex<Vec<(Arc<Topic>, Arc<crate::ring::Sequence>)>>,
+    /// Per topic read: the topic, the group's sequence on its ring, and how many events
+    /// the processor took but has not finished (read ahead, parked, in flight).
+    attachments: Mutex<Vec<Attachment>>,
+}
+
+struct Attachment {
+    topic: Arc<Topic>,
+    sequence: Arc<crate::ring::Sequence>,
+    held: Arc<AtomicUsize>,
 }
 
 /// A group, whatever its event type, as the bus's registry sees it.
@@ -67,6 +77,8 @@ pub(crate) trait AnyGroup: Send + Sync + 'static {
     fn remove(&self);
     /// Events waiting for this group (the largest lag over its topics).
     fn lag(&self) -> usize;
+    /// Events waiting for this group on each topic it reads.
+    fn lags(&self) -> Vec<(Arc<str>, usize)>;
 }
 
 impl<M, A> Group<M, A>
@@ -83,6 +95,7 @@ where
         halt: CancellationToken,
     ) -> Self {
         Self {
+            dropped: metrics::counter!(eda_core::observe::DROPPED, "group" => name.to_string()),
             name,
             balancer,
             policy,
@@ -101,6 +114,14 @@ where
         lock(&self.members).push(member);
         self.version.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
+    }
+
+    /// Counts deliveries that will never be handled.
+    fn drop_n(&self, n: usize) {
+        if n > 0 {
+            self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            self.dropped.increment(n as u64);
+        }
     }
 
     fn snapshot(&self) -> (u64, Vec<Arc<dyn GroupMember<M>>>) {
@@ -135,8 +156,13 @@ where
         runtime: &tokio::runtime::Handle,
     ) -> tokio::task::JoinHandle<()> {
         let consumer = topic.attach(self.name.clone(), self.policy);
-        lock(&self.attachments).push((topic.clone(), consumer.sequence().clone()));
-        runtime.spawn(Processor::new(self, topic.clone(), consumer).run())
+        let held = Arc::new(AtomicUsize::new(0));
+        lock(&self.attachments).push(Attachment {
+            topic: topic.clone(),
+            sequence: consumer.sequence().clone(),
+            held: held.clone(),
+        });
+        runtime.spawn(Processor::new(self, topic.clone(), consumer, held).run())
     }
 
     fn remove(&self) {
@@ -147,9 +173,19 @@ where
     fn lag(&self) -> usize {
         lock(&self.attachments)
             .iter()
-            .map(|(topic, seq)| topic.lag_of(seq))
+            .map(|a| a.topic.lag_of(&a.sequence))
             .max()
             .unwrap_or(0)
+    }
+
+    fn lags(&self) -> Vec<(Arc<str>, usize)> {
+        lock(&self.attachments)
+            .iter()
+            .map(|a| {
+                let held = a.held.load(Ordering::Relaxed);
+                (a.topic.name.clone(), a.topic.lag_of(&a.sequence) + held)
+            })
+            .collect()
     }
 }
 
@@ -173,6 +209,8 @@ struct Processor<M, A> {
     stalled: Option<(usize, Item<M>)>,
     /// Read from the ring, not yet handed to a member (at most MAX_BATCH).
     backlog: VecDeque<Item<M>>,
+    /// Taken from the ring and not finished, for [`AnyGroup::lags`].
+    held: Arc<AtomicUsize>,
 }
 
 fn member_id<M: 'static>(member: &Arc<dyn GroupMember<M>>) -> usize {
@@ -184,7 +222,12 @@ where
     M: EventInfo,
     A: Accepts<M>,
 {
-    fn new(group: Arc<Group<M, A>>, topic: Arc<Topic>, consumer: Consumer<Published>) -> Self {
+    fn new(
+        group: Arc<Group<M, A>>,
+        topic: Arc<Topic>,
+        consumer: Consumer<Published>,
+        held: Arc<AtomicUsize>,
+    ) -> Self {
         let balancer = BalancerState::new(group.balancer);
         Self {
             group,
@@ -199,6 +242,7 @@ where
             parked: 0,
             stalled: None,
             backlog: VecDeque::with_capacity(MAX_BATCH),
+            held,
         }
     }
 
@@ -264,7 +308,7 @@ where
 
     fn dispatch(&mut self, item: Item<M>) {
         if self.members.is_empty() {
-            bump(&self.group.counters.dropped);
+            self.group.drop_n(1);
             return;
         }
         let key = match self.group.balancer {
@@ -319,11 +363,9 @@ where
                 self.balancer.reset();
             }
             if self.members.is_empty() {
-                bump(&self.group.counters.dropped);
+                self.group.drop_n(1);
                 if let Some(waiting) = key.as_ref().and_then(|k| self.keys.remove(k)) {
-                    for _ in &waiting {
-                        bump(&self.group.counters.dropped);
-                    }
+                    self.group.drop_n(waiting.len());
                     self.parked -= waiting.len();
                 }
             } else {
@@ -385,10 +427,7 @@ where
         if self.lossy() && self.backlog.len() > LOSSY_BACKLOG {
             let excess = self.backlog.len() - LOSSY_BACKLOG;
             self.backlog.drain(..excess);
-            self.group
-                .counters
-                .dropped
-                .fetch_add(excess as u64, Ordering::Relaxed);
+            self.group.drop_n(excess);
         }
         n
     }
@@ -401,6 +440,8 @@ where
         loop {
             self.refresh();
             self.drain_backlog();
+            self.held
+                .store(self.backlog.len() + self.busy(), Ordering::Relaxed);
             let finishing = group.removed.is_cancelled();
             let lossy = self.lossy();
             // A lossy group reads whatever its members' state (dropping its oldest events
@@ -447,9 +488,8 @@ where
             + self.parked
             + usize::from(self.stalled.is_some())
             + self.backlog.len();
-        counters
-            .dropped
-            .fetch_add(dropped as u64, Ordering::Relaxed);
+        self.group.drop_n(dropped);
+        self.held.store(0, Ordering::Relaxed);
         self.in_flight = FuturesUnordered::new();
         let accepts = &self.group.accepts;
         loop {
@@ -457,6 +497,7 @@ where
                 if accepts.take(published).is_some() {
                     bump(&counters.deliveries);
                     bump(&counters.dropped);
+                    self.group.dropped.increment(1);
                 }
             });
             if n == 0 {

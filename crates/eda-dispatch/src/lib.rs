@@ -31,6 +31,7 @@ mod forward;
 mod gate;
 mod group;
 mod item;
+mod obs;
 mod options;
 mod pattern;
 pub mod ring;
@@ -40,7 +41,7 @@ mod stats;
 mod topic;
 
 pub use balancer::Balancer;
-pub use bus::{Bus, BusBuilder, Subscription};
+pub use bus::{Backlog, Bus, BusBuilder, Subscription};
 pub use cause::current_cause;
 pub use config::{BusConfig, TopicConfig};
 pub use error::{PublishError, SubscribeError, SyncFailure};

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::cause::CURRENT_EVENT;
 use crate::gate::Gate;
 use crate::item::Item;
+use crate::obs::{Attempted, DeadReason, GroupMetrics};
 use crate::options::{DeliveryMode, Executor, RetryPolicy};
 use crate::stats::{Counters, bump};
 
@@ -33,6 +34,8 @@ pub(crate) struct Settings {
     pub(crate) executor: Executor,
     pub(crate) ttl: Option<Duration>,
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    /// Links `eda.handle` spans to the event's trace.
+    pub(crate) trace: Option<Arc<dyn eda_core::TraceContext>>,
 }
 
 pub(crate) struct Member<M, H> {
@@ -43,6 +46,7 @@ pub(crate) struct Member<M, H> {
     pub(crate) counters: Arc<Counters>,
     pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
     pub(crate) weight: u32,
+    pub(crate) metrics: Arc<GroupMetrics>,
     pub(crate) _event: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -80,14 +84,20 @@ enum Failure {
 }
 
 impl Failure {
+    /// Why the attempt failed.
+    fn reason(&self) -> String {
+        match self {
+            Failure::Error(e) => e.to_string(),
+            Failure::Panic(msg) => format!("handler panicked: {msg}"),
+            Failure::Timeout(t) => format!("timed out after {t:?}"),
+            Failure::Unsubscribed => "unsubscribed".to_owned(),
+        }
+    }
+
     /// The reason, and whether retrying cannot help.
     fn describe(self) -> (String, bool) {
-        match self {
-            Failure::Error(e) => (e.to_string(), e.is_permanent()),
-            Failure::Panic(msg) => (format!("handler panicked: {msg}"), false),
-            Failure::Timeout(t) => (format!("timed out after {t:?}"), false),
-            Failure::Unsubscribed => ("unsubscribed".to_owned(), false),
-        }
+        let permanent = matches!(&self, Failure::Error(e) if e.is_permanent());
+        (self.reason(), permanent)
     }
 }
 
@@ -207,7 +217,7 @@ where
             Item::Undecodable { raw, reason } => {
                 let reason = format!("undecodable event: {reason}");
                 let sent = self.dead_letter(&*raw, 0, reason).await;
-                self.count_dead_letter(sent);
+                self.count_dead_letter(sent, DeadReason::Undecodable);
                 return None;
             }
         };
@@ -217,7 +227,9 @@ where
                 bump(&self.counters.expired);
                 let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
                 // Counted as expired whether or not the sink took it.
-                self.dead_letter(&*event, 0, reason).await;
+                if self.dead_letter(&*event, 0, reason).await {
+                    self.metrics.dead_lettered(DeadReason::Expired);
+                }
                 return None;
             }
         }
@@ -227,7 +239,10 @@ where
             self.through_middleware(&event).await
         };
         match outcome {
-            Outcome::Delivered => bump(&self.counters.delivered),
+            Outcome::Delivered => {
+                bump(&self.counters.delivered);
+                self.metrics.acked(&*event);
+            }
             Outcome::Unsubscribed => return Some(Item::Event(event)),
             Outcome::Failed { attempts, reason } => match self.settings.mode {
                 DeliveryMode::AtMostOnce => {
@@ -239,7 +254,7 @@ where
                 }
                 DeliveryMode::AtLeastOnce => {
                     let sent = self.dead_letter(&*event, attempts, reason).await;
-                    self.count_dead_letter(sent);
+                    self.count_dead_letter(sent, DeadReason::Failed);
                 }
             },
         }
@@ -316,6 +331,7 @@ where
             );
             tokio::time::sleep(self.settings.retry.delay(attempt)).await;
             bump(&self.counters.retries);
+            self.metrics.retried();
             attempt += 1;
         }
     }
@@ -329,13 +345,32 @@ where
         let Some(guard) = self.gate.enter() else {
             return Err(Failure::Unsubscribed);
         };
-        let mut fut = pin!(self.run_handler(event.clone(), ctx, current, deadline));
+        let span = crate::obs::handle_span(
+            &**event,
+            &self.info,
+            attempt,
+            self.settings.trace.as_deref(),
+        );
+        let started = std::time::Instant::now();
+        let mut fut = pin!(tracing::Instrument::instrument(
+            self.run_handler(event.clone(), ctx, current, deadline),
+            span
+        ));
         let first = poll_once(&mut fut).await;
         drop(guard);
-        match first {
+        let result = match first {
             Poll::Ready(result) => result,
             Poll::Pending => fut.await,
-        }
+        };
+        let outcome = match &result {
+            Ok(()) => Attempted::Ack,
+            Err(Failure::Error(_)) => Attempted::Nack,
+            Err(Failure::Timeout(_)) => Attempted::Timeout,
+            Err(Failure::Panic(_)) => Attempted::Panic,
+            Err(Failure::Unsubscribed) => return result,
+        };
+        self.metrics.attempted(outcome, started.elapsed());
+        result
     }
 
     async fn run_handler(
@@ -367,9 +402,9 @@ where
             }
             Executor::Runtime(runtime) => {
                 let handler = self.handler.clone();
-                let task = runtime.spawn(
+                let task = runtime.spawn(tracing::Instrument::in_current_span(
                     CURRENT_EVENT.scope(current, async move { handler.handle(event, ctx).await }),
-                );
+                ));
                 let abort = task.abort_handle();
                 let joined = match deadline {
                     Some(deadline) => match tokio::time::timeout_at(deadline, task).await {
@@ -404,6 +439,7 @@ where
     ) {
         let attempt = delivery.attempt;
         let max = self.settings.retry.max_attempts.max(1);
+        let arrived = std::time::Instant::now();
         let event = match decoded {
             Ok(event) => Arc::new(event),
             Err(reason) => {
@@ -412,8 +448,15 @@ where
                     Err(u) => undecodable_record(&u.raw, source),
                 };
                 let reason = format!("undecodable event: {reason}");
-                self.durable_dead_letter(store, raw, attempt, reason, delivery)
-                    .await;
+                self.durable_dead_letter(
+                    store,
+                    raw,
+                    attempt,
+                    reason,
+                    delivery,
+                    DeadReason::Undecodable,
+                )
+                .await;
                 return;
             }
         };
@@ -431,6 +474,7 @@ where
                 bump(&self.counters.deliveries);
                 if sent {
                     bump(&self.counters.expired);
+                    self.metrics.dead_lettered(DeadReason::Expired);
                     settle(delivery.ack().await, "ack");
                 } else {
                     // Not acked, as for any dead letter the store did not take: it comes
@@ -440,11 +484,13 @@ where
                 return;
             }
         }
-        match self.attempt(&event, attempt).await {
+        match self.durable_attempt(&event, attempt).await {
             Ok(()) => {
                 bump(&self.counters.deliveries);
                 bump(&self.counters.delivered);
                 settle(delivery.ack().await, "ack");
+                self.metrics.acked(&*event);
+                self.metrics.unacked_for(arrived.elapsed());
             }
             Err(Failure::Unsubscribed) => {
                 // Not acked: the store redelivers it to another consumer of the group.
@@ -454,8 +500,15 @@ where
                 if attempt >= max || permanent || self.settings.mode == DeliveryMode::AtMostOnce {
                     match event.to_raw_event() {
                         Ok(raw) => {
-                            self.durable_dead_letter(store, raw, attempt, reason, delivery)
-                                .await
+                            self.durable_dead_letter(
+                                store,
+                                raw,
+                                attempt,
+                                reason,
+                                delivery,
+                                DeadReason::Failed,
+                            )
+                            .await
                         }
                         Err(e) => {
                             tracing::error!(event_id = %event.id(), error = %e, "cannot encode failed event");
@@ -466,9 +519,61 @@ where
                     }
                 } else {
                     bump(&self.counters.retries);
+                    self.metrics.retried();
                     settle(delivery.nack(reason).await, "nack");
+                    self.metrics.unacked_for(arrived.elapsed());
                 }
             }
+        }
+    }
+
+    /// One attempt of a durable delivery, through the subscription's middleware (which
+    /// sees it once per delivery, as on in-process topics).
+    async fn durable_attempt(&self, event: &Arc<M>, attempt: u32) -> Result<(), Failure> {
+        if self.settings.middleware.is_empty() {
+            return self.attempt(event, attempt).await;
+        }
+        struct One<'a, M, H> {
+            member: &'a Member<M, H>,
+            event: &'a Arc<M>,
+            attempt: u32,
+            result: Mutex<Option<Result<(), Failure>>>,
+        }
+        impl<M: EventInfo, H: Handler<M>> Endpoint for One<'_, M, H> {
+            fn call<'b>(&'b self, _ctx: &'b Context) -> BoxFuture<'b, HandlerResult> {
+                Box::pin(async move {
+                    let result = self.member.attempt(self.event, self.attempt).await;
+                    let answer = match &result {
+                        Ok(()) => Ok(()),
+                        Err(failure) => Err(HandlerError::msg(failure.reason())),
+                    };
+                    *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    answer
+                })
+            }
+        }
+        let endpoint = One {
+            member: self,
+            event,
+            attempt,
+            result: Mutex::new(None),
+        };
+        let ctx = Context::new(self.info.clone(), event.id(), None, attempt);
+        let answer = Next::new(&self.settings.middleware, &endpoint)
+            .run(&**event, &ctx)
+            .await;
+        let ran = endpoint
+            .result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match (ran, answer) {
+            (Some(result), _) => result,
+            // Middleware answered without calling the handler (e.g. a duplicate).
+            (None, Ok(())) => Ok(()),
+            (None, Err(e)) => Err(Failure::Error(HandlerError::msg(format!(
+                "middleware: {e}"
+            )))),
         }
     }
 
@@ -479,10 +584,12 @@ where
         attempts: u32,
         reason: String,
         delivery: eda_core::Delivery,
+        why: DeadReason,
     ) {
         bump(&self.counters.deliveries);
         if self.store_dead_letter(store, raw, attempts, reason).await {
             bump(&self.counters.dead_lettered);
+            self.metrics.dead_lettered(why);
             settle(delivery.ack().await, "ack");
         } else {
             // Not acked: it comes back, and the dead-letter write is tried again.
@@ -534,11 +641,12 @@ where
     }
 
     /// Counts a dead letter the sink took, or a failure when it could not.
-    fn count_dead_letter(&self, sent: bool) {
-        bump(if sent {
-            &self.counters.dead_lettered
+    fn count_dead_letter(&self, sent: bool, why: DeadReason) {
+        if sent {
+            bump(&self.counters.dead_lettered);
+            self.metrics.dead_lettered(why);
         } else {
-            &self.counters.failed
-        });
+            bump(&self.counters.failed);
+        }
     }
 }

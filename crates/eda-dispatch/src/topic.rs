@@ -81,20 +81,24 @@ struct Attachment {
 }
 
 pub(crate) struct Topic {
+    pub(crate) name: Arc<str>,
     pub(crate) producer: MultiProducer<Published>,
     pub(crate) ring: Arc<RingBuffer<Published>>,
     pub(crate) dispatch_timeout: Duration,
+    pub(crate) metrics: crate::obs::TopicMetrics,
     attached: Mutex<Vec<Attachment>>,
     consumers: AtomicUsize,
 }
 
 impl Topic {
-    pub(crate) fn new(capacity: usize, dispatch_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(name: &str, capacity: usize, dispatch_timeout: Duration) -> Arc<Self> {
         let (producer, ring) = ring::multi_producer(capacity);
         Arc::new(Self {
+            name: Arc::from(name),
             producer,
             ring,
             dispatch_timeout,
+            metrics: crate::obs::TopicMetrics::new(name),
             attached: Mutex::new(Vec::new()),
             consumers: AtomicUsize::new(0),
         })

@@ -462,6 +462,30 @@ impl EventStore for KafkaStore {
         })
     }
 
+    fn backlog<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            // Kafka's consumer lag: high watermark − committed offset, summed over the
+            // partitions. Acked records count until their offset is committed (≤ 100 ms).
+            let mut total = 0u64;
+            for p in 0..self.partition_count() {
+                let Some(committed) = self
+                    .coordination()
+                    .committed(group, topic, p as u32)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let hw = self.high_watermark(topic, p).await?;
+                total += (hw - committed).max(0) as u64;
+            }
+            Ok(Some(total))
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // Produce returns once the broker acknowledged; commits are written by the
         // consumers as their acks settle.

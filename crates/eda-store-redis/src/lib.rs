@@ -800,6 +800,35 @@ impl EventStore for RedisStreamStore {
         })
     }
 
+    fn backlog<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            // XINFO GROUPS (Redis 7): `lag` = entries not yet delivered to the group,
+            // `pending` = delivered and not acked. `lag` is nil when Redis cannot tell
+            // (entries deleted inside the group's range): then so do we.
+            let key = self.stream_key(topic);
+            let groups: Vec<HashMap<String, Value>> =
+                match self.inner.client.xinfo_groups(key).await {
+                    Ok(groups) => groups,
+                    Err(e) if e.details().contains("no such key") => return Ok(None),
+                    Err(e) => return Err(unavailable(e)),
+                };
+            let Some(info) = groups
+                .iter()
+                .find(|g| g.get("name").and_then(Value::as_str).as_deref() == Some(group))
+            else {
+                return Ok(None);
+            };
+            let number = |field: &str| info.get(field).and_then(Value::as_u64);
+            Ok(number("lag")
+                .zip(number("pending"))
+                .map(|(lag, pending)| lag + pending))
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // Appends are acknowledged by Redis when they return; acks may be queued.
         Box::pin(self.inner.acks.flush())

@@ -1036,6 +1036,26 @@ impl EventStore for SqliteStore {
         })
     }
 
+    fn backlog<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            // Not yet delivered (at or past the group's next_seq) plus delivered and not
+            // acked (in flight; acks still queued count until they are flushed).
+            let pending: Option<i64> = sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM eda_events e                          WHERE e.topic = g.topic AND e.seq >= g.next_seq)                       + (SELECT COUNT(*) FROM eda_inflight f                          WHERE f.topic = g.topic AND f.grp = g.grp)                  FROM eda_groups g WHERE g.topic = ? AND g.grp = ?",
+            )
+            .bind(topic)
+            .bind(group)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(pending.map(|n| n.max(0) as u64))
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // Every append is its own committed transaction already; acks may be queued.
         Box::pin(self.inner.acks.flush())

@@ -461,6 +461,33 @@ pub async fn flush_makes_appends_durable(h: &impl Harness) {
     );
 }
 
+/// `backlog` counts what a group has not acked: undelivered plus delivered and pending;
+/// a group that does not exist has none to report.
+pub async fn backlog_counts_what_the_group_has_not_acked(h: &impl Harness) {
+    let store = h.store().await;
+    let t = topic("backlog");
+    store.append(&t, probes(5)).await.unwrap();
+    let mut s = store
+        .subscribe(&t, "lagging", "c", with_visibility(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let first = next(&mut s, "first").await;
+    let second = next(&mut s, "second").await;
+    let _held = next(&mut s, "third, held").await;
+    crate::wait_until("a backlog of 5 (3 delivered, none acked)", async || {
+        store.backlog(&t, "lagging").await.unwrap() == Some(5)
+    })
+    .await;
+    first.ack().await.unwrap();
+    second.ack().await.unwrap();
+    store.flush().await.unwrap();
+    crate::wait_until("a backlog of 3 after two acks", async || {
+        store.backlog(&t, "lagging").await.unwrap() == Some(3)
+    })
+    .await;
+    assert_eq!(store.backlog(&t, "no-such-group").await.unwrap(), None);
+}
+
 /// Every group gets every record.
 pub async fn two_groups_each_get_everything(h: &impl Harness) {
     let store = h.store().await;
@@ -594,6 +621,7 @@ macro_rules! conformance_tests {
             failing_consumers_do_not_block_others,
             per_key_order,
             flush_makes_appends_durable,
+            backlog_counts_what_the_group_has_not_acked,
             two_groups_each_get_everything,
             new_groups_start_where_asked,
             undecodable_records_are_delivered_with_the_error,

@@ -399,6 +399,22 @@ impl EventStore for MemoryStore {
         })
     }
 
+    fn backlog<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let state = lock(&self.shared.state);
+            Ok(state.topics.get(topic).and_then(|t| {
+                t.groups.get(group).map(|g| {
+                    let unread = t.records.len().saturating_sub(g.next);
+                    (unread + g.ready.len() + g.held.len()) as u64
+                })
+            }))
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))
     }
