@@ -10,6 +10,9 @@
 //! subscriber: run the example twice and the second run's invoicing resumes after what
 //! the first one acked.
 //!
+//! While it runs it serves Prometheus metrics at `http://127.0.0.1:9464/metrics` (or
+//! `$EDA_METRICS_ADDR`) and prints a few of them at the end.
+//!
 //! Run: `cargo run --release --example orders`
 
 use std::collections::BTreeMap;
@@ -73,6 +76,24 @@ const ORDERS: u64 = 20;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Metrics first: the bus registers its counters as it creates topics and groups.
+    let metrics_addr =
+        std::env::var("EDA_METRICS_ADDR").unwrap_or_else(|_| "127.0.0.1:9464".into());
+    let prometheus = match eda::observe::PrometheusExporter::new()
+        .listen(metrics_addr.parse()?)
+        .global_label("service", "orders-example")
+        .install()
+    {
+        Ok(prometheus) => {
+            println!("serving metrics at http://{metrics_addr}/metrics");
+            Some(prometheus)
+        }
+        Err(e) => {
+            eprintln!("not serving metrics ({e}); set EDA_METRICS_ADDR to a free address");
+            None
+        }
+    };
+
     let db = std::env::var("EDA_ORDERS_DB").unwrap_or_else(|_| "orders.db".into());
     let store = SqliteStore::open(&db).await?;
     let dead_letters = MemoryDeadLetters::default();
@@ -81,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .dead_letter_sink(dead_letters.clone())
         .durable_topic("order.shipped", store.clone())
         .build();
+    let _backlog = eda::observe::BacklogSampler::spawn(bus.clone(), Duration::from_millis(200));
     let seen = Arc::new(Seen::default());
     let mut subscriptions = Vec::new();
 
@@ -257,6 +279,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          invoicing handled {} this run (it resumes after what earlier runs acked)",
         invoiced.load(std::sync::atomic::Ordering::SeqCst)
     );
+    let rendered = prometheus.map(|p| p.render()).unwrap_or_default();
+    if !rendered.is_empty() {
+        println!("\nsome of the metrics served at http://{metrics_addr}/metrics:");
+    }
+    for line in rendered.lines().filter(|l| {
+        l.starts_with("eda_events_handled_total") && !l.ends_with(" 0")
+            || l.starts_with("eda_dead_letters_total") && !l.ends_with(" 0")
+            || l.starts_with("eda_events_published_total")
+    }) {
+        println!("  {line}");
+    }
     let s = report.stats;
     println!(
         "\nshutdown report: published {} events, {} deliveries: {} delivered, {} failed, {} dead-lettered, {} expired, {} not delivered (drained: {})",

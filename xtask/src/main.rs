@@ -165,6 +165,12 @@ fn ci() -> Result<(), String> {
         )?;
     }
     run(
+        "alert rules (promtool check rules)",
+        Command::new("promtool")
+            .args(["check", "rules", "docs/alerts.yml"])
+            .current_dir(root()),
+    )?;
+    run(
         "ring stress tests (release, millions of events)",
         cargo().args([
             "test",
@@ -334,6 +340,11 @@ fn services_up() -> Result<(), String> {
     if !have("redis-server") {
         eprintln!("services: installing redis-server (the reconnect test starts its own)");
         apt_install(&["redis-server"])?;
+    }
+    // promtool checks the exporter's output (a test) and docs/alerts.yml (ci).
+    if !have("promtool") {
+        eprintln!("services: installing prometheus (for promtool)");
+        apt_install(&["prometheus"])?;
     }
     // The Kafka broker-restart test runs a persistent Tansu (SQLite engine), which PyPI
     // does not ship: build it once per machine (~16 min on 2 cores) and reuse it.

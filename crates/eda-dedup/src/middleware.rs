@@ -102,6 +102,15 @@ impl Middleware for DedupMiddleware {
                 Ok(true) => {}
                 Ok(false) => {
                     self.duplicates.fetch_add(1, Ordering::Relaxed);
+                    let group = ctx.group().to_owned();
+                    metrics::counter!(eda_core::observe::DEDUP_HITS, "group" => group.clone())
+                        .increment(1);
+                    metrics::counter!(
+                        eda_core::observe::EVENTS_HANDLED,
+                        "group" => group,
+                        "outcome" => eda_core::observe::OUTCOME_DUPLICATE
+                    )
+                    .increment(1);
                     tracing::debug!(event_id = %event.id(), %key, "duplicate dropped");
                     return Ok(());
                 }

@@ -78,11 +78,15 @@ pub use eda_core as core;
 #[cfg(feature = "dedup")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dedup")))]
 pub use eda_dedup as dedup;
+/// The Redis Streams store.
+#[cfg(feature = "observe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+pub use eda_observe as observe;
 /// The Kafka store.
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use eda_store_kafka as kafka;
-/// The Redis Streams store.
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use eda_store_redis as redis;
