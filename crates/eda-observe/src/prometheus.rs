@@ -42,7 +42,8 @@ pub enum PrometheusError {
 /// let prometheus = PrometheusExporter::new().global_label("service", "shop").install()?;
 /// metrics::counter!(eda_observe::names::EVENTS_PUBLISHED, "topic" => "t", "type" => "e")
 ///     .increment(1);
-/// assert!(prometheus.render().contains(r#"eda_events_published_total{topic="t",type="e",service="shop"} 1"#));
+/// // Global labels come first.
+/// assert!(prometheus.render().contains(r#"eda_events_published_total{service="shop",topic="t",type="e"} 1"#));
 /// # Ok(()) }
 /// ```
 #[must_use]
