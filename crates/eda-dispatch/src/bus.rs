@@ -494,7 +494,7 @@ impl Bus {
                     source,
                 })?;
             commit.metrics.appended(ids.len(), started.elapsed());
-            crate::obs::published_counter(topic, E::TYPE).increment(ids.len() as u64);
+            self.published_counter(E::TYPE).increment(ids.len() as u64);
             self.inner
                 .counters
                 .published
@@ -598,7 +598,7 @@ impl Bus {
                 topic: topic.to_owned(),
                 source,
             })?;
-        crate::obs::published_counter(topic, &event_type).increment(1);
+        self.published_counter(&event_type).increment(1);
         bump(&self.inner.counters.published);
         Ok(event_id)
     }
@@ -670,6 +670,19 @@ impl Bus {
             }
             None => (None, self.register_published(offer.event_type)),
         }
+    }
+
+    /// The type's `eda_events_published_total{topic, type}`, kept in its route (durable
+    /// topics have a route only for it).
+    fn published_counter(&self, event_type: &str) -> metrics::Counter {
+        let cached = self
+            .inner
+            .routing
+            .load()
+            .by_type
+            .get(event_type)
+            .and_then(|route| route.published.clone());
+        cached.unwrap_or_else(|| self.register_published(event_type))
     }
 
     /// Registers `eda_events_published_total{topic, type}` for a type and keeps it in

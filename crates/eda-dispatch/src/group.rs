@@ -491,13 +491,12 @@ where
         self.group.drop_n(dropped);
         self.held.store(0, Ordering::Relaxed);
         self.in_flight = FuturesUnordered::new();
-        let accepts = &self.group.accepts;
+        let group = &self.group;
         loop {
             let n = self.consumer.try_read_batch(MAX_BATCH, |_, published| {
-                if accepts.take(published).is_some() {
+                if group.accepts.take(published).is_some() {
                     bump(&counters.deliveries);
-                    bump(&counters.dropped);
-                    self.group.dropped.increment(1);
+                    group.drop_n(1);
                 }
             });
             if n == 0 {

@@ -262,39 +262,14 @@ where
     }
 
     async fn through_middleware(&self, event: &Arc<M>) -> Outcome {
-        struct Attempts<'a, M, H> {
-            member: &'a Member<M, H>,
-            event: &'a Arc<M>,
-            outcome: Mutex<Option<Outcome>>,
-        }
-        impl<M: EventInfo, H: Handler<M>> Endpoint for Attempts<'_, M, H> {
-            fn call<'b>(&'b self, _ctx: &'b Context) -> BoxFuture<'b, HandlerResult> {
-                Box::pin(async move {
-                    let outcome = self.member.attempts(self.event).await;
-                    let result = match &outcome {
-                        Outcome::Delivered => Ok(()),
-                        Outcome::Failed { reason, .. } => Err(HandlerError::msg(reason)),
-                        Outcome::Unsubscribed => Err(HandlerError::msg("unsubscribed")),
-                    };
-                    *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-                    result
-                })
-            }
-        }
-        let endpoint = Attempts {
-            member: self,
-            event,
-            outcome: Mutex::new(None),
+        let answer = |outcome: &Outcome| match outcome {
+            Outcome::Delivered => Ok(()),
+            Outcome::Failed { reason, .. } => Err(HandlerError::msg(reason)),
+            Outcome::Unsubscribed => Err(HandlerError::msg("unsubscribed")),
         };
-        let ctx = Context::new(self.info.clone(), event.id(), None, 1);
-        let result = Next::new(&self.settings.middleware, &endpoint)
-            .run(&**event, &ctx)
+        let (ran, result) = self
+            .with_middleware(event, 1, || self.attempts(event), answer)
             .await;
-        let ran = endpoint
-            .outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         match (ran, result) {
             (Some(outcome), _) => outcome,
             // Middleware answered without calling the handler (e.g. a duplicate).
@@ -304,6 +279,57 @@ where
                 reason: format!("middleware: {e}"),
             },
         }
+    }
+
+    /// Runs the subscription's middleware around `inner` (the lifecycle's rest): returns
+    /// what `inner` produced, `None` when middleware answered without calling it, and
+    /// the chain's answer. `answer` is how `inner`'s output looks to middleware.
+    async fn with_middleware<T, F, Fut>(
+        &self,
+        event: &Arc<M>,
+        attempt: u32,
+        inner: F,
+        answer: fn(&T) -> HandlerResult,
+    ) -> (Option<T>, HandlerResult)
+    where
+        T: Send,
+        F: Fn() -> Fut + Send + Sync,
+        Fut: Future<Output = T> + Send,
+    {
+        struct Inner<F, T> {
+            run: F,
+            answer: fn(&T) -> HandlerResult,
+            output: Mutex<Option<T>>,
+        }
+        impl<F, Fut, T> Endpoint for Inner<F, T>
+        where
+            T: Send,
+            F: Fn() -> Fut + Send + Sync,
+            Fut: Future<Output = T> + Send,
+        {
+            fn call<'b>(&'b self, _ctx: &'b Context) -> BoxFuture<'b, HandlerResult> {
+                Box::pin(async move {
+                    let output = (self.run)().await;
+                    let answer = (self.answer)(&output);
+                    *self.output.lock().unwrap_or_else(|p| p.into_inner()) = Some(output);
+                    answer
+                })
+            }
+        }
+        let endpoint = Inner {
+            run: inner,
+            answer,
+            output: Mutex::new(None),
+        };
+        let ctx = Context::new(self.info.clone(), event.id(), None, attempt);
+        let answer = Next::new(&self.settings.middleware, &endpoint)
+            .run(&**event, &ctx)
+            .await;
+        let output = endpoint
+            .output
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        (output, answer)
     }
 
     async fn attempts(&self, event: &Arc<M>) -> Outcome {
@@ -533,40 +559,13 @@ where
         if self.settings.middleware.is_empty() {
             return self.attempt(event, attempt).await;
         }
-        struct One<'a, M, H> {
-            member: &'a Member<M, H>,
-            event: &'a Arc<M>,
-            attempt: u32,
-            result: Mutex<Option<Result<(), Failure>>>,
-        }
-        impl<M: EventInfo, H: Handler<M>> Endpoint for One<'_, M, H> {
-            fn call<'b>(&'b self, _ctx: &'b Context) -> BoxFuture<'b, HandlerResult> {
-                Box::pin(async move {
-                    let result = self.member.attempt(self.event, self.attempt).await;
-                    let answer = match &result {
-                        Ok(()) => Ok(()),
-                        Err(failure) => Err(HandlerError::msg(failure.reason())),
-                    };
-                    *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-                    answer
-                })
-            }
-        }
-        let endpoint = One {
-            member: self,
-            event,
-            attempt,
-            result: Mutex::new(None),
+        let answer = |result: &Result<(), Failure>| match result {
+            Ok(()) => Ok(()),
+            Err(failure) => Err(HandlerError::msg(failure.reason())),
         };
-        let ctx = Context::new(self.info.clone(), event.id(), None, attempt);
-        let answer = Next::new(&self.settings.middleware, &endpoint)
-            .run(&**event, &ctx)
+        let (ran, answer) = self
+            .with_middleware(event, attempt, || self.attempt(event, attempt), answer)
             .await;
-        let ran = endpoint
-            .result
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         match (ran, answer) {
             (Some(result), _) => result,
             // Middleware answered without calling the handler (e.g. a duplicate).
