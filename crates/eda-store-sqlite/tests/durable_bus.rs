@@ -83,3 +83,63 @@ async fn a_restarted_service_resumes_from_the_sqlite_file() {
     let distinct: HashSet<_> = seen.iter().collect();
     assert_eq!(distinct.len(), 15);
 }
+
+/// Middleware that answers for even orders without calling the handler (as a dedup
+/// middleware does for a duplicate) and counts what it saw.
+struct SkipEven(Arc<std::sync::atomic::AtomicU64>);
+
+impl eda_core::Middleware for SkipEven {
+    fn handle<'a>(
+        &'a self,
+        event: &'a dyn eda_core::EventInfo,
+        ctx: &'a Context,
+        next: eda_core::Next<'a>,
+    ) -> eda_core::BoxFuture<'a, eda_core::HandlerResult> {
+        Box::pin(async move {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let envelope: Envelope<OrderCreated> = event
+                .to_raw_event()
+                .expect("encodes")
+                .decode()
+                .expect("decodes");
+            if envelope.payload.order_id % 2 == 0 {
+                return Ok(());
+            }
+            next.run(event, ctx).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_deliveries_run_through_the_subscription_middleware() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("orders.db"))
+        .await
+        .unwrap();
+    let bus = Bus::builder().durable_topic("order.created", store).build();
+    let seen: Seen = Arc::default();
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let _sub = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .name("billing")
+                .middleware(SkipEven(calls.clone())),
+            recording(&seen),
+        )
+        .unwrap();
+    for id in 1..=6 {
+        bus.publish(order(id)).await.unwrap();
+    }
+    wait_until("every delivery settled", async || {
+        bus.stats().delivered == 6
+    })
+    .await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+    let mut handled = seen.lock().unwrap().clone();
+    handled.sort_unstable();
+    assert_eq!(
+        handled,
+        [1, 3, 5],
+        "middleware answered for the even orders"
+    );
+}
