@@ -102,7 +102,7 @@ impl eda_core::Middleware for SkipEven {
                 .expect("encodes")
                 .decode()
                 .expect("decodes");
-            if envelope.payload.order_id % 2 == 0 {
+            if envelope.payload.order_id.is_multiple_of(2) {
                 return Ok(());
             }
             next.run(event, ctx).await
