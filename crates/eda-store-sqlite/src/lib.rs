@@ -174,6 +174,21 @@ struct Inner {
     acks: AckBatcher<AckKey>,
 }
 
+/// Runs a write transaction on a task of its own, so that it commits however its caller
+/// polls. A transaction is otherwise driven by whoever polls its future: a consumer that
+/// stops polling its delivery stream between two statements of a take (`ready_chunks`
+/// hands a chunk over while the next take has begun) would keep SQLite's write lock, and
+/// every other writer (that consumer's own dead letters and acks, the application's
+/// outbox transactions) would wait out the busy timeout and fail with "database is
+/// locked". Dropping the returned future does not cancel the transaction.
+async fn detached<T: Send + 'static>(
+    transaction: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(transaction)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store transaction task: {e}")))?
+}
+
 /// An acked delivery, until its in-flight row is deleted.
 #[derive(Clone)]
 struct AckKey {
@@ -214,11 +229,12 @@ async fn delete_acked(
 
 impl FlushAcks<AckKey> for AckWriter {
     fn flush_acks<'a>(&'a self, batch: &'a [AckKey]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(unavailable)?;
-            delete_acked(&mut tx, batch).await.map_err(unavailable)?;
+        let (pool, batch) = (self.pool.clone(), batch.to_vec());
+        Box::pin(detached(async move {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            delete_acked(&mut tx, &batch).await.map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)
-        })
+        }))
     }
 }
 
@@ -362,6 +378,11 @@ impl SqliteStore {
     /// record never will, and deliveries of deleted records in flight are dropped. Run
     /// it periodically (e.g. from a `tokio::time::interval`).
     pub async fn prune(&self, topic: &str, retention: Retention) -> Result<u64, StoreError> {
+        let (store, topic) = (self.clone(), topic.to_owned());
+        detached(async move { store.prune_in_tx(&topic, retention).await }).await
+    }
+
+    async fn prune_in_tx(&self, topic: &str, retention: Retention) -> Result<u64, StoreError> {
         let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
         // The first sequence kept.
         let keep_from: Option<i64> = match retention {
@@ -505,13 +526,18 @@ impl SqliteStore {
         max: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let acked = self.inner.acks.drain();
-        let taken = self
-            .take_in_tx(topic, group, consumer, visibility, max, &acked)
-            .await;
-        if taken.is_err() {
-            self.inner.acks.requeue(acked);
-        }
-        taken
+        let store = self.clone();
+        let (topic, group, consumer) = (topic.to_owned(), group.to_owned(), consumer.to_owned());
+        detached(async move {
+            let taken = store
+                .take_in_tx(&topic, &group, &consumer, visibility, max, &acked)
+                .await;
+            if taken.is_err() {
+                store.inner.acks.requeue(acked);
+            }
+            taken
+        })
+        .await
     }
 
     /// [`take`](Self::take)'s transaction, which first settles the acks queued in this
@@ -923,13 +949,14 @@ impl EventStore for SqliteStore {
         topic: &'a str,
         records: Vec<RawEvent>,
     ) -> BoxFuture<'a, Result<Vec<Position>, StoreError>> {
-        Box::pin(async move {
-            let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
-            let positions = self.append_in(&mut tx, topic, &records).await?;
+        let (store, topic) = (self.clone(), topic.to_owned());
+        Box::pin(detached(async move {
+            let mut tx = store.inner.pool.begin().await.map_err(unavailable)?;
+            let positions = store.append_in(&mut tx, &topic, &records).await?;
             tx.commit().await.map_err(unavailable)?;
-            self.inner.notify.notify_waiters();
+            store.inner.notify.notify_waiters();
             Ok(positions)
-        })
+        }))
     }
 
     fn subscribe<'a>(
@@ -1110,58 +1137,13 @@ impl OffsetStore for SqliteStore {
         partition: u32,
         offsets: &'a [i64],
     ) -> BoxFuture<'a, Result<Vec<u32>, StoreError>> {
-        Box::pin(async move {
-            if offsets.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
-            for chunk in offsets.chunks(INSERT_CHUNK) {
-                let mut upsert = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO eda_attempts (grp, topic, partition, offset, attempts) ",
-                );
-                upsert.push_values(chunk, |mut b, o| {
-                    b.push_bind(group)
-                        .push_bind(topic)
-                        .push_bind(i64::from(partition))
-                        .push_bind(*o)
-                        .push_bind(1i64);
-                });
-                upsert.push(
-                    " ON CONFLICT (grp, topic, partition, offset) \
-                     DO UPDATE SET attempts = attempts + 1",
-                );
-                upsert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            }
-            // The counts back as one JSON row (sqlx hands rows over one at a time).
-            let (low, high) = (
-                offsets.iter().min().copied().unwrap_or(0),
-                offsets.iter().max().copied().unwrap_or(0),
-            );
-            let json: Option<String> = sqlx::query_scalar(
-                "SELECT json_group_object(offset, attempts) FROM eda_attempts \
-                 WHERE grp = ? AND topic = ? AND partition = ? AND offset BETWEEN ? AND ?",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(i64::from(partition))
-            .bind(low)
-            .bind(high)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            let counts: std::collections::HashMap<String, i64> =
-                serde_json::from_str(json.as_deref().unwrap_or("{}"))
-                    .map_err(|e| StoreError::Unavailable(format!("reading attempts: {e}")))?;
-            tx.commit().await.map_err(unavailable)?;
-            Ok(offsets
-                .iter()
-                .map(|o| counts.get(&o.to_string()).copied().unwrap_or(1) as u32)
-                .collect())
-        })
+        let store = self.clone();
+        let (group, topic, offsets) = (group.to_owned(), topic.to_owned(), offsets.to_vec());
+        Box::pin(detached(async move {
+            store
+                .bump_attempts_in_tx(&group, &topic, partition, &offsets)
+                .await
+        }))
     }
     fn clear_attempts<'a>(
         &'a self,
@@ -1183,6 +1165,68 @@ impl OffsetStore for SqliteStore {
             .map_err(unavailable)?;
             Ok(())
         })
+    }
+}
+
+impl SqliteStore {
+    /// [`OffsetStore::bump_attempts`]'s transaction.
+    async fn bump_attempts_in_tx(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offsets: &[i64],
+    ) -> Result<Vec<u32>, StoreError> {
+        if offsets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+        for chunk in offsets.chunks(INSERT_CHUNK) {
+            let mut upsert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO eda_attempts (grp, topic, partition, offset, attempts) ",
+            );
+            upsert.push_values(chunk, |mut b, o| {
+                b.push_bind(group)
+                    .push_bind(topic)
+                    .push_bind(i64::from(partition))
+                    .push_bind(*o)
+                    .push_bind(1i64);
+            });
+            upsert.push(
+                " ON CONFLICT (grp, topic, partition, offset) \
+                 DO UPDATE SET attempts = attempts + 1",
+            );
+            upsert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        // The counts back as one JSON row (sqlx hands rows over one at a time).
+        let (low, high) = (
+            offsets.iter().min().copied().unwrap_or(0),
+            offsets.iter().max().copied().unwrap_or(0),
+        );
+        let json: Option<String> = sqlx::query_scalar(
+            "SELECT json_group_object(offset, attempts) FROM eda_attempts \
+             WHERE grp = ? AND topic = ? AND partition = ? AND offset BETWEEN ? AND ?",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(low)
+        .bind(high)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let counts: std::collections::HashMap<String, i64> =
+            serde_json::from_str(json.as_deref().unwrap_or("{}"))
+                .map_err(|e| StoreError::Unavailable(format!("reading attempts: {e}")))?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(offsets
+            .iter()
+            .map(|o| counts.get(&o.to_string()).copied().unwrap_or(1) as u32)
+            .collect())
     }
 }
 
