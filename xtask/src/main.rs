@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
                  \x20                 ring stress (release), loom models, docs\n\
-                 bench [bus|ring|sqlite|redis|kafka|dedup] [filter]\n\
+                 bench [bus|ring|sqlite|redis|kafka|dedup|observe] [filter]\n\
                  \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
@@ -200,37 +200,40 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask bench [bus|ring|sqlite|redis|kafka|dedup] [filter]`: every benchmark program by default.
+/// The benchmark programs: (name on the command line, package, bench target).
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("bus", "eda-dispatch", "bus"),
+    ("ring", "eda-dispatch", "ring"),
+    ("sqlite", "eda-store-sqlite", "sqlite"),
+    ("redis", "eda-store-redis", "redis"),
+    ("kafka", "eda-store-kafka", "kafka"),
+    ("dedup", "eda-dedup", "dedup"),
+    ("observe", "eda-observe", "overhead"),
+];
+
+/// `cargo xtask bench [bus|ring|sqlite|redis|kafka|dedup|observe] [filter]`: every
+/// benchmark program by default.
 fn bench(args: &[String]) -> Result<(), String> {
-    let (benches, filter): (Vec<&str>, &[String]) = match args.first().map(String::as_str) {
-        Some(b @ ("bus" | "ring" | "sqlite" | "redis" | "kafka" | "dedup")) => {
-            (vec![b], &args[1..])
-        }
-        _ => (
-            vec!["bus", "ring", "sqlite", "redis", "kafka", "dedup"],
-            args,
-        ),
+    let (benches, filter): (Vec<_>, &[String]) = match BENCHES
+        .iter()
+        .find(|(name, ..)| args.first().map(String::as_str) == Some(*name))
+    {
+        Some(one) => (vec![one], &args[1..]),
+        None => (BENCHES.iter().collect(), args),
     };
-    for bench in benches {
-        let package = match bench {
-            "sqlite" => "eda-store-sqlite",
-            "redis" => "eda-store-redis",
-            "kafka" => "eda-store-kafka",
-            "dedup" => "eda-dedup",
-            _ => "eda-dispatch",
-        };
+    for (name, package, target) in benches {
         let mut cmd = cargo();
         cmd.args([
             "bench",
             "-p",
             package,
             "--bench",
-            bench,
+            target,
             "--all-features",
             "--",
         ]);
         cmd.args(filter);
-        run(&format!("benchmark `{bench}`"), &mut cmd)?;
+        run(&format!("benchmark `{name}`"), &mut cmd)?;
     }
     Ok(())
 }

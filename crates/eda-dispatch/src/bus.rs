@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     interceptors: Vec<Arc<dyn Interceptor>>,
     middleware: Vec<Arc<dyn Middleware>>,
     trace: Option<Arc<dyn TraceContext>>,
+    /// Metrics and spans on (the default) or off.
+    observe: bool,
     routing: ArcSwap<Routing>,
     registry: Mutex<Registry>,
     counters: Arc<Counters>,
@@ -170,6 +172,7 @@ pub struct BusBuilder {
     interceptors: Vec<Arc<dyn Interceptor>>,
     middleware: Vec<Arc<dyn Middleware>>,
     trace: Option<Arc<dyn TraceContext>>,
+    observe: bool,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     runtime: Option<Handle>,
     durable: HashMap<String, Arc<dyn EventStore>>,
@@ -252,6 +255,15 @@ impl BusBuilder {
         self.trace = Some(Arc::new(trace));
         self
     }
+    /// Metrics and spans (default: on). Off, the bus registers no-op metric handles,
+    /// reads no clock for the histograms and opens no `eda.publish`/`eda.handle` spans:
+    /// for a service that measures nothing, or to measure what observability costs
+    /// (`cargo xtask bench observe`). With no recorder and no `tracing` subscriber
+    /// installed, on costs little already.
+    pub fn observability(mut self, on: bool) -> Self {
+        self.observe = on;
+        self
+    }
     /// Where dead letters go (default: a [`MemoryDeadLetters`] that logs each one).
     pub fn dead_letter_sink(mut self, sink: impl DeadLetterSink) -> Self {
         self.dead_letters = Some(Arc::new(sink));
@@ -271,6 +283,7 @@ impl BusBuilder {
                 interceptors: self.interceptors,
                 middleware: self.middleware,
                 trace: self.trace,
+                observe: self.observe,
                 routing: ArcSwap::from_pointee(Routing::default()),
                 registry: Mutex::new(Registry::default()),
                 counters: Arc::new(Counters::default()),
@@ -291,7 +304,7 @@ impl BusBuilder {
                             linger: settings.commit_linger.unwrap_or_default(),
                             codec: settings.codec.unwrap_or_default(),
                         };
-                        let commit = GroupCommit::new(&topic, store, options);
+                        let commit = GroupCommit::new(&topic, store, options, self.observe);
                         (topic, commit)
                     })
                     .collect(),
@@ -324,6 +337,7 @@ impl Bus {
             interceptors: Vec::new(),
             middleware: Vec::new(),
             trace: None,
+            observe: true,
             dead_letters: None,
             runtime: None,
             durable: HashMap::new(),
@@ -417,7 +431,12 @@ impl Bus {
 
     /// The `eda.publish` span of one event.
     fn publish_span(&self, event_type: &str, id: EventId) -> tracing::Span {
-        crate::obs::publish_span(event_type, id, self.inner.config.topic_of(event_type))
+        crate::obs::publish_span(
+            event_type,
+            id,
+            self.inner.config.topic_of(event_type),
+            self.inner.observe,
+        )
     }
 
     async fn publish_envelope_in_span<E: Event>(
@@ -483,7 +502,7 @@ impl Bus {
             let Some(&first) = ids.first() else {
                 return Ok(ids);
             };
-            let started = std::time::Instant::now();
+            let started = commit.metrics.clock();
             commit
                 .store
                 .append(topic, records)
@@ -493,7 +512,7 @@ impl Bus {
                     topic: topic.to_owned(),
                     source,
                 })?;
-            commit.metrics.appended(ids.len(), started.elapsed());
+            commit.metrics.appended(ids.len(), started);
             self.published_counter(E::TYPE).increment(ids.len() as u64);
             self.inner
                 .counters
@@ -689,7 +708,7 @@ impl Bus {
     /// the type's route (the first publish of each type comes here).
     fn register_published(&self, event_type: &str) -> metrics::Counter {
         let topic = self.inner.config.topic_of(event_type);
-        let counter = crate::obs::published_counter(topic, event_type);
+        let counter = crate::obs::published_counter(topic, event_type, self.inner.observe);
         let event_type: Arc<str> = Arc::from(event_type);
         self.inner.routing.rcu(|routing| {
             let mut routing = Routing::clone(routing);
@@ -816,6 +835,7 @@ impl Bus {
                     &name,
                     capacity.or(tc.capacity).unwrap_or(config.queue_capacity),
                     tc.dispatch_timeout.unwrap_or(config.dispatch_timeout),
+                    self.inner.observe,
                 );
                 registry.topics.insert(name, topic.clone());
                 if let Ok(runtime) = self.runtime() {
@@ -914,7 +934,7 @@ impl Bus {
                 middleware,
                 trace: self.inner.trace.clone(),
             },
-            metrics: Arc::new(crate::obs::GroupMetrics::new(group)),
+            metrics: Arc::new(crate::obs::GroupMetrics::new(group, self.inner.observe)),
             gate: gate.clone(),
             counters: self.inner.counters.clone(),
             dead_letters: self.inner.dead_letters.clone(),
@@ -1179,6 +1199,7 @@ impl Bus {
                     options.backpressure.unwrap_or_default(),
                     accepts,
                     self.inner.counters.clone(),
+                    crate::obs::dropped_counter(&group_name, self.inner.observe),
                     self.inner.shutdown.clone(),
                 ));
                 registry.groups.insert(
@@ -1260,6 +1281,7 @@ impl Bus {
                     next: AtomicUsize::new(0),
                     accepts,
                     counters: self.inner.counters.clone(),
+                    metrics: crate::obs::GroupMetrics::new(&group_name, self.inner.observe),
                 });
                 let dyn_sink: Arc<dyn Sink> = sink.clone();
                 registry.groups.insert(

@@ -39,10 +39,15 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(topic: &str, store: Arc<dyn EventStore>, options: CommitOptions) -> Self {
+    pub(crate) fn new(
+        topic: &str,
+        store: Arc<dyn EventStore>,
+        options: CommitOptions,
+        observe: bool,
+    ) -> Self {
         Self {
             store,
-            metrics: Arc::new(crate::obs::AppendMetrics::new(topic)),
+            metrics: Arc::new(crate::obs::AppendMetrics::new(topic, observe)),
             topic: topic.into(),
             options: CommitOptions {
                 max_batch: options.max_batch.max(1),
@@ -110,9 +115,9 @@ async fn run(
             records.push(record);
             replies.push(reply);
         }
-        let (batch, started) = (records.len(), std::time::Instant::now());
+        let (batch, started) = (records.len(), metrics.clock());
         commit(&*store, &topic, &mut records, &mut replies).await;
-        metrics.appended(batch, started.elapsed());
+        metrics.appended(batch, started);
     }
 }
 
@@ -231,6 +236,7 @@ mod tests {
                 linger: Duration::from_millis(5),
                 codec: Default::default(),
             },
+            true,
         ));
         let mut tasks = Vec::new();
         for i in 0..200 {

@@ -92,10 +92,11 @@ where
         policy: Backpressure,
         accepts: A,
         counters: Arc<Counters>,
+        dropped: metrics::Counter,
         halt: CancellationToken,
     ) -> Self {
         Self {
-            dropped: metrics::counter!(eda_core::observe::DROPPED, "group" => name.to_string()),
+            dropped,
             name,
             balancer,
             policy,

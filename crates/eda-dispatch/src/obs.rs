@@ -4,16 +4,66 @@
 //! and kept: recording through a kept handle costs an atomic add with a recorder and
 //! nothing without one. So install the recorder before building the bus; a recorder
 //! installed later sees only what is created after it.
+//!
+//! Durations are timed only when a recorder is installed (at registration): without
+//! one, the histograms would drop the values anyway, and two clock reads per attempt
+//! are most of what observability would cost. The clock is `quanta`'s (the TSC where
+//! it is invariant: about half the cost of `std::time::Instant`), and the wall clock of
+//! the end-to-end histogram is derived from it, re-anchored every second.
+//!
+//! [`BusBuilder::observability(false)`](crate::BusBuilder::observability) turns all of
+//! it off: no-op handles, no clock reads, no spans.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use quanta::Instant;
 
 use eda_core::observe::{
-    DEAD_LETTERS, DISPATCH_TIMEOUTS, END_TO_END, EVENTS_HANDLED, EVENTS_PUBLISHED, HANDLE_DURATION,
-    OUTCOME_ACK, OUTCOME_DEAD_LETTER, OUTCOME_NACK, OUTCOME_PANIC, OUTCOME_TIMEOUT, PUBLISH_WAITS,
-    RETRIES, STORE_APPEND_BATCH, STORE_APPEND_DURATION, UNACK_DURATION,
+    DEAD_LETTERS, DISPATCH_TIMEOUTS, DROPPED, END_TO_END, EVENTS_HANDLED, EVENTS_PUBLISHED,
+    HANDLE_DURATION, OUTCOME_ACK, OUTCOME_DEAD_LETTER, OUTCOME_NACK, OUTCOME_PANIC,
+    OUTCOME_TIMEOUT, PUBLISH_WAITS, RETRIES, STORE_APPEND_BATCH, STORE_APPEND_DURATION,
+    UNACK_DURATION,
 };
 use eda_core::{EventId, EventInfo, Timestamp};
 use metrics::{Counter, Histogram};
+
+/// Whether a `metrics` recorder (global, or local to this thread) is installed. The
+/// facade falls back to its `NoopRecorder`, a zero-sized type, when none is; so a
+/// recorder that is itself zero-sized counts as none (give it a field).
+pub(crate) fn recorder_installed() -> bool {
+    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+}
+
+/// The wall clock in Unix milliseconds at `now`, derived from the monotonic clock:
+/// `SystemTime::now()` once a second instead of once per event.
+fn wall_millis(now: Instant) -> i64 {
+    struct Anchor {
+        base: Instant,
+        /// Wall milliseconds minus monotonic milliseconds since `base`.
+        offset: AtomicI64,
+        /// Monotonic milliseconds since `base` at the last anchoring.
+        anchored: AtomicI64,
+    }
+    static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+    let anchor = ANCHOR.get_or_init(|| {
+        let base = Instant::now();
+        Anchor {
+            base,
+            offset: AtomicI64::new(Timestamp::now().unix_millis()),
+            anchored: AtomicI64::new(0),
+        }
+    });
+    let mono = now.saturating_duration_since(anchor.base).as_millis() as i64;
+    if mono - anchor.anchored.load(Ordering::Relaxed) >= 1000 {
+        // Racing re-anchors each store a valid offset.
+        anchor
+            .offset
+            .store(Timestamp::now().unix_millis() - mono, Ordering::Relaxed);
+        anchor.anchored.store(mono, Ordering::Relaxed);
+    }
+    mono + anchor.offset.load(Ordering::Relaxed)
+}
 
 /// What a handler attempt came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +84,10 @@ pub(crate) enum DeadReason {
 
 /// The metrics of one subscription group.
 pub(crate) struct GroupMetrics {
+    /// Off: every handle is a no-op and spans are not opened.
+    on: bool,
+    /// On, and a recorder was installed at registration: durations are timed.
+    timed: bool,
     ack: Counter,
     nack: Counter,
     timeout: Counter,
@@ -49,10 +103,15 @@ pub(crate) struct GroupMetrics {
 }
 
 impl GroupMetrics {
-    pub(crate) fn new(group: &str) -> Self {
+    pub(crate) fn new(group: &str, on: bool) -> Self {
+        if !on {
+            return Self::off();
+        }
         let handled = |outcome: &'static str| metrics::counter!(EVENTS_HANDLED, "group" => group.to_owned(), "outcome" => outcome);
         let dead = |reason: &'static str| metrics::counter!(DEAD_LETTERS, "group" => group.to_owned(), "reason" => reason);
         Self {
+            on,
+            timed: recorder_installed(),
             ack: handled(OUTCOME_ACK),
             nack: handled(OUTCOME_NACK),
             timeout: handled(OUTCOME_TIMEOUT),
@@ -68,8 +127,47 @@ impl GroupMetrics {
         }
     }
 
-    pub(crate) fn attempted(&self, outcome: Attempted, took: Duration) {
-        self.handle.record(took.as_secs_f64());
+    fn off() -> Self {
+        Self {
+            on: false,
+            timed: false,
+            ack: Counter::noop(),
+            nack: Counter::noop(),
+            timeout: Counter::noop(),
+            panic: Counter::noop(),
+            dead_letter: Counter::noop(),
+            handle: Histogram::noop(),
+            end_to_end: Histogram::noop(),
+            unack: Histogram::noop(),
+            retries: Counter::noop(),
+            dead_failed: Counter::noop(),
+            dead_undecodable: Counter::noop(),
+            dead_expired: Counter::noop(),
+        }
+    }
+
+    /// Whether this group records anything (and opens spans).
+    pub(crate) fn on(&self) -> bool {
+        self.on
+    }
+
+    /// The start of a measured interval (`None` when nothing is timed: no clock read).
+    pub(crate) fn clock(&self) -> Option<Instant> {
+        self.timed.then(Instant::now)
+    }
+
+    /// An attempt ended; returns when (if timed), for [`acked`](Self::acked).
+    pub(crate) fn attempted(
+        &self,
+        outcome: Attempted,
+        started: Option<Instant>,
+    ) -> Option<Instant> {
+        let ended = started.map(|started| {
+            let now = Instant::now();
+            self.handle
+                .record(now.saturating_duration_since(started).as_secs_f64());
+            now
+        });
         match outcome {
             Attempted::Ack => &self.ack,
             Attempted::Nack => &self.nack,
@@ -77,17 +175,29 @@ impl GroupMetrics {
             Attempted::Panic => &self.panic,
         }
         .increment(1);
+        ended
     }
 
-    /// A delivery was acked: publish time → now.
-    pub(crate) fn acked(&self, event: &dyn EventInfo) {
-        let millis = event.time().millis_until(Timestamp::now()).max(0);
+    /// A delivery was acked at `now` (from [`attempted`](Self::attempted); read here
+    /// when `None`): its publish time to now.
+    pub(crate) fn acked(&self, event: &dyn EventInfo, now: Option<Instant>) {
+        if !self.timed {
+            return;
+        }
+        let now = wall_millis(now.unwrap_or_else(Instant::now));
+        let millis = (now - event.time().unix_millis()).max(0);
         self.end_to_end.record(millis as f64 / 1000.0);
     }
 
-    /// A store's delivery was settled `held` after it arrived.
-    pub(crate) fn unacked_for(&self, held: Duration) {
-        self.unack.record(held.as_secs_f64());
+    /// A store's delivery was settled; it arrived at `arrived`.
+    pub(crate) fn unacked_since(&self, arrived: Option<Instant>) {
+        if let Some(arrived) = arrived {
+            self.unack.record(
+                Instant::now()
+                    .saturating_duration_since(arrived)
+                    .as_secs_f64(),
+            );
+        }
     }
 
     pub(crate) fn retried(&self) {
@@ -112,7 +222,13 @@ pub(crate) struct TopicMetrics {
 }
 
 impl TopicMetrics {
-    pub(crate) fn new(topic: &str) -> Self {
+    pub(crate) fn new(topic: &str, on: bool) -> Self {
+        if !on {
+            return Self {
+                waits: Counter::noop(),
+                timeouts: Counter::noop(),
+            };
+        }
         Self {
             waits: metrics::counter!(PUBLISH_WAITS, "topic" => topic.to_owned()),
             timeouts: metrics::counter!(DISPATCH_TIMEOUTS, "topic" => topic.to_owned()),
@@ -121,32 +237,66 @@ impl TopicMetrics {
 }
 
 /// `eda_events_published_total{topic, type}`.
-pub(crate) fn published_counter(topic: &str, event_type: &str) -> Counter {
+pub(crate) fn published_counter(topic: &str, event_type: &str, on: bool) -> Counter {
+    if !on {
+        return Counter::noop();
+    }
     metrics::counter!(EVENTS_PUBLISHED, "topic" => topic.to_owned(), "type" => event_type.to_owned())
+}
+
+/// `eda_dropped_total{group}`: deliveries a group will never handle.
+pub(crate) fn dropped_counter(group: &str, on: bool) -> Counter {
+    if !on {
+        return Counter::noop();
+    }
+    metrics::counter!(DROPPED, "group" => group.to_owned())
 }
 
 /// The append metrics of one durable topic.
 pub(crate) struct AppendMetrics {
+    timed: bool,
     duration: Histogram,
     batch: Histogram,
 }
 
 impl AppendMetrics {
-    pub(crate) fn new(topic: &str) -> Self {
+    pub(crate) fn new(topic: &str, on: bool) -> Self {
+        if !on {
+            return Self {
+                timed: false,
+                duration: Histogram::noop(),
+                batch: Histogram::noop(),
+            };
+        }
         Self {
+            timed: recorder_installed(),
             duration: metrics::histogram!(STORE_APPEND_DURATION, "topic" => topic.to_owned()),
             batch: metrics::histogram!(STORE_APPEND_BATCH, "topic" => topic.to_owned()),
         }
     }
 
-    pub(crate) fn appended(&self, records: usize, took: Duration) {
-        self.duration.record(took.as_secs_f64());
-        self.batch.record(records as f64);
+    /// The start of an append (`None` when off).
+    pub(crate) fn clock(&self) -> Option<Instant> {
+        self.timed.then(Instant::now)
+    }
+
+    pub(crate) fn appended(&self, records: usize, started: Option<Instant>) {
+        if let Some(started) = started {
+            self.duration.record(
+                Instant::now()
+                    .saturating_duration_since(started)
+                    .as_secs_f64(),
+            );
+            self.batch.record(records as f64);
+        }
     }
 }
 
-/// The `eda.publish` span of one publish.
-pub(crate) fn publish_span(event_type: &str, id: EventId, topic: &str) -> tracing::Span {
+/// The `eda.publish` span of one publish (none when off).
+pub(crate) fn publish_span(event_type: &str, id: EventId, topic: &str, on: bool) -> tracing::Span {
+    if !on {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         target: "eda",
         "eda.publish",

@@ -241,7 +241,7 @@ where
         match outcome {
             Outcome::Delivered => {
                 bump(&self.counters.delivered);
-                self.metrics.acked(&*event);
+                self.metrics.acked(&*event, None);
             }
             Outcome::Unsubscribed => return Some(Item::Event(event)),
             Outcome::Failed { attempts, reason } => match self.settings.mode {
@@ -371,13 +371,17 @@ where
         let Some(guard) = self.gate.enter() else {
             return Err(Failure::Unsubscribed);
         };
-        let span = crate::obs::handle_span(
-            &**event,
-            &self.info,
-            attempt,
-            self.settings.trace.as_deref(),
-        );
-        let started = std::time::Instant::now();
+        let span = if self.metrics.on() {
+            crate::obs::handle_span(
+                &**event,
+                &self.info,
+                attempt,
+                self.settings.trace.as_deref(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let started = self.metrics.clock();
         let mut fut = pin!(tracing::Instrument::instrument(
             self.run_handler(event.clone(), ctx, current, deadline),
             span
@@ -395,7 +399,7 @@ where
             Err(Failure::Panic(_)) => Attempted::Panic,
             Err(Failure::Unsubscribed) => return result,
         };
-        self.metrics.attempted(outcome, started.elapsed());
+        self.metrics.attempted(outcome, started);
         result
     }
 
@@ -465,7 +469,7 @@ where
     ) {
         let attempt = delivery.attempt;
         let max = self.settings.retry.max_attempts.max(1);
-        let arrived = std::time::Instant::now();
+        let arrived = self.metrics.clock();
         let event = match decoded {
             Ok(event) => Arc::new(event),
             Err(reason) => {
@@ -515,8 +519,8 @@ where
                 bump(&self.counters.deliveries);
                 bump(&self.counters.delivered);
                 settle(delivery.ack().await, "ack");
-                self.metrics.acked(&*event);
-                self.metrics.unacked_for(arrived.elapsed());
+                self.metrics.acked(&*event, None);
+                self.metrics.unacked_since(arrived);
             }
             Err(Failure::Unsubscribed) => {
                 // Not acked: the store redelivers it to another consumer of the group.
@@ -547,7 +551,7 @@ where
                     bump(&self.counters.retries);
                     self.metrics.retried();
                     settle(delivery.nack(reason).await, "nack");
-                    self.metrics.unacked_for(arrived.elapsed());
+                    self.metrics.unacked_since(arrived);
                 }
             }
         }

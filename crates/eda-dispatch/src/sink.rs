@@ -15,6 +15,7 @@ use crate::cause::CURRENT_EVENT;
 use crate::error::SyncFailure;
 use crate::gate::Gate;
 use crate::item::Item;
+use crate::obs::Attempted;
 use crate::pattern::TypePattern;
 use crate::runner::panic_message;
 use crate::stats::{Counters, bump};
@@ -162,23 +163,43 @@ pub(crate) struct SyncSink<M, A> {
     pub(crate) next: AtomicUsize,
     pub(crate) accepts: A,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) metrics: crate::obs::GroupMetrics,
 }
 
 impl<M: EventInfo, A: AcceptsOffer<M>> SyncSink<M, A> {
-    /// `None` when the member unsubscribed before the call could start.
+    /// `None` when the member unsubscribed before the call could start. The call runs in
+    /// an `eda.handle` span, a child of the publish's span (the publisher's thread).
     fn run(&self, member: &SyncMember<M>, event: Arc<M>) -> Option<Result<(), HandlerError>> {
         let _guard = member.gate.enter()?;
         let ctx = Context::new(member.info.clone(), event.id(), None, 1);
         let current: Arc<dyn EventInfo> = event.clone();
-        let call =
-            || std::panic::catch_unwind(AssertUnwindSafe(|| member.handler.handle(&event, &ctx)));
-        Some(match CURRENT_EVENT.sync_scope(current, call) {
-            Ok(result) => result,
-            Err(panic) => Err(HandlerError::msg(format!(
-                "handler panicked: {}",
-                panic_message(&*panic)
-            ))),
-        })
+        let span = if self.metrics.on() {
+            crate::obs::handle_span(&*event, &member.info, 1, None)
+        } else {
+            tracing::Span::none()
+        };
+        let started = self.metrics.clock();
+        let call = || {
+            span.in_scope(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| member.handler.handle(&event, &ctx)))
+            })
+        };
+        let (result, outcome) = match CURRENT_EVENT.sync_scope(current, call) {
+            Ok(Ok(())) => (Ok(()), Attempted::Ack),
+            Ok(Err(e)) => (Err(e), Attempted::Nack),
+            Err(panic) => (
+                Err(HandlerError::msg(format!(
+                    "handler panicked: {}",
+                    panic_message(&*panic)
+                ))),
+                Attempted::Panic,
+            ),
+        };
+        let ended = self.metrics.attempted(outcome, started);
+        if result.is_ok() {
+            self.metrics.acked(&*event, ended);
+        }
+        Some(result)
     }
 }
 

@@ -91,14 +91,19 @@ pub(crate) struct Topic {
 }
 
 impl Topic {
-    pub(crate) fn new(name: &str, capacity: usize, dispatch_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        name: &str,
+        capacity: usize,
+        dispatch_timeout: Duration,
+        observe: bool,
+    ) -> Arc<Self> {
         let (producer, ring) = ring::multi_producer(capacity);
         Arc::new(Self {
             name: Arc::from(name),
             producer,
             ring,
             dispatch_timeout,
-            metrics: crate::obs::TopicMetrics::new(name),
+            metrics: crate::obs::TopicMetrics::new(name, observe),
             attached: Mutex::new(Vec::new()),
             consumers: AtomicUsize::new(0),
         })

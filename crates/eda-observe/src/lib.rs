@@ -11,7 +11,8 @@
 //!   `eda_backlog{topic, group}` gauge (ring lag in process, consumer lag in stores);
 //! * [`OtelPropagation`] (feature `opentelemetry`) writes the publishing span's context
 //!   into each event and makes each `eda.handle` span its child — across tasks, and
-//!   across processes through any store, since the context travels in the event.
+//!   across processes through any store, since the context travels in the event;
+//! * [`OtlpTracing`] (feature `otlp`) sends the spans to an OpenTelemetry collector.
 //!
 //! Metric names and labels are in [`names`] and `docs/observability.md`.
 //!
@@ -39,6 +40,8 @@ mod backlog;
 mod describe;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+#[cfg(feature = "otlp")]
+mod otlp;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 
@@ -48,5 +51,7 @@ pub use describe::describe;
 pub use eda_core::observe as names;
 #[cfg(feature = "opentelemetry")]
 pub use otel::{BusBuilderExt, OtelPropagation};
+#[cfg(feature = "otlp")]
+pub use otlp::{OtlpError, OtlpGuard, OtlpTracing};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{DURATION_BUCKETS, Prometheus, PrometheusError, PrometheusExporter};

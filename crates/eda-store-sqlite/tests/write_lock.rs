@@ -93,7 +93,16 @@ async fn a_take_left_unpolled_does_not_hold_the_write_lock() {
     }
     .unwrap()
     .unwrap();
-    let mut seen = vec![second.record.as_ref().unwrap().decode::<Note>().unwrap().payload.n];
+    let mut seen = vec![
+        second
+            .record
+            .as_ref()
+            .unwrap()
+            .decode::<Note>()
+            .unwrap()
+            .payload
+            .n,
+    ];
     second.ack().await.unwrap();
     while seen.len() < 3 {
         let d = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -101,7 +110,15 @@ async fn a_take_left_unpolled_does_not_hold_the_write_lock() {
             .expect("the stream stalled")
             .unwrap()
             .unwrap();
-        seen.push(d.record.as_ref().unwrap().decode::<Note>().unwrap().payload.n);
+        seen.push(
+            d.record
+                .as_ref()
+                .unwrap()
+                .decode::<Note>()
+                .unwrap()
+                .payload
+                .n,
+        );
         d.ack().await.unwrap();
     }
     assert_eq!(seen, vec![1, 2, 3]);
