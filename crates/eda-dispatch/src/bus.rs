@@ -423,20 +423,23 @@ impl Bus {
         &self,
         envelope: Envelope<E>,
     ) -> Result<EventId, PublishError> {
-        let span = self.publish_span(E::TYPE, envelope.id);
-        self.publish_envelope_in_span(envelope)
-            .instrument(span)
-            .await
+        match self.publish_span(E::TYPE, envelope.id) {
+            Some(span) => {
+                self.publish_envelope_in_span(envelope)
+                    .instrument(span)
+                    .await
+            }
+            None => self.publish_envelope_in_span(envelope).await,
+        }
     }
 
     /// The `eda.publish` span of one event.
-    fn publish_span(&self, event_type: &str, id: EventId) -> tracing::Span {
-        crate::obs::publish_span(
-            event_type,
-            id,
-            self.inner.config.topic_of(event_type),
-            self.inner.observe,
-        )
+    #[inline]
+    fn publish_span(&self, event_type: &str, id: EventId) -> Option<tracing::Span> {
+        if !self.inner.observe {
+            return None;
+        }
+        crate::obs::publish_span(event_type, id, || self.inner.config.topic_of(event_type))
     }
 
     async fn publish_envelope_in_span<E: Event>(
@@ -479,7 +482,7 @@ impl Bus {
             for event in events {
                 let mut envelope = Envelope::new(event);
                 self.check_open(envelope.id)?;
-                self.publish_span(E::TYPE, envelope.id).in_scope(|| {
+                crate::obs::in_span(self.publish_span(E::TYPE, envelope.id), || {
                     self.stamp(
                         E::TYPE,
                         envelope.id,
@@ -539,7 +542,7 @@ impl Bus {
         mut envelope: Envelope<E>,
     ) -> Result<EventId, PublishError> {
         let span = self.publish_span(E::TYPE, envelope.id);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         self.check_open(envelope.id)?;
         self.stamp(
             E::TYPE,
@@ -567,8 +570,10 @@ impl Bus {
     /// subscribers decode it; one that cannot decode it dead-letters it with the reason,
     /// and the events around it flow on.
     pub async fn publish_raw(&self, raw: RawEvent) -> Result<EventId, PublishError> {
-        let span = self.publish_span(&raw.event_type, raw.id);
-        self.publish_raw_in_span(raw).instrument(span).await
+        match self.publish_span(&raw.event_type, raw.id) {
+            Some(span) => self.publish_raw_in_span(raw).instrument(span).await,
+            None => self.publish_raw_in_span(raw).await,
+        }
     }
 
     async fn publish_raw_in_span(&self, mut raw: RawEvent) -> Result<EventId, PublishError> {

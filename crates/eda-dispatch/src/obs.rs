@@ -292,19 +292,43 @@ impl AppendMetrics {
     }
 }
 
-/// The `eda.publish` span of one publish (none when off).
-pub(crate) fn publish_span(event_type: &str, id: EventId, topic: &str, on: bool) -> tracing::Span {
-    if !on {
-        return tracing::Span::none();
+/// Whether spans can go anywhere: a `tracing` dispatcher was ever installed. Without
+/// one, a disabled span still evaluates its fields and checks the `log` crate (when
+/// `tracing`'s `log` feature is on, as sqlx turns it on): ~10 ns a span for nothing.
+#[inline]
+pub(crate) fn spans_wanted() -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
+/// Runs `f` in `span`, if there is one.
+#[inline]
+pub(crate) fn in_span<R>(span: Option<tracing::Span>, f: impl FnOnce() -> R) -> R {
+    match span {
+        Some(span) => span.in_scope(f),
+        None => f(),
     }
-    tracing::info_span!(
+}
+
+/// The `eda.publish` span of one publish (`None` with no subscriber: not even a
+/// disabled span is built).
+#[inline]
+pub(crate) fn publish_span<'a>(
+    event_type: &str,
+    id: EventId,
+    topic: impl FnOnce() -> &'a str,
+) -> Option<tracing::Span> {
+    if !spans_wanted() {
+        return None;
+    }
+    let topic = topic();
+    Some(tracing::info_span!(
         target: "eda",
         "eda.publish",
         otel.kind = "producer",
         event_id = %id,
         event_type,
         topic,
-    )
+    ))
 }
 
 /// The `eda.handle` span of one attempt, linked to the event's trace when a
@@ -314,7 +338,10 @@ pub(crate) fn handle_span(
     info: &eda_core::SubscriptionInfo,
     attempt: u32,
     trace: Option<&dyn eda_core::TraceContext>,
-) -> tracing::Span {
+) -> Option<tracing::Span> {
+    if !spans_wanted() {
+        return None;
+    }
     let span = tracing::info_span!(
         target: "eda",
         "eda.handle",
@@ -330,5 +357,5 @@ pub(crate) fn handle_span(
     {
         trace.link(&span, event.metadata());
     }
-    span
+    Some(span)
 }

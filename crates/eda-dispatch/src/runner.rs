@@ -371,7 +371,7 @@ where
         let Some(guard) = self.gate.enter() else {
             return Err(Failure::Unsubscribed);
         };
-        let span = if self.metrics.on() {
+        let span = if self.metrics.on() && crate::obs::spans_wanted() {
             crate::obs::handle_span(
                 &**event,
                 &self.info,
@@ -379,8 +379,9 @@ where
                 self.settings.trace.as_deref(),
             )
         } else {
-            tracing::Span::none()
-        };
+            None
+        }
+        .unwrap_or_else(tracing::Span::none);
         let started = self.metrics.clock();
         let mut fut = pin!(tracing::Instrument::instrument(
             self.run_handler(event.clone(), ctx, current, deadline),

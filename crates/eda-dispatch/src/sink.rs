@@ -173,14 +173,14 @@ impl<M: EventInfo, A: AcceptsOffer<M>> SyncSink<M, A> {
         let _guard = member.gate.enter()?;
         let ctx = Context::new(member.info.clone(), event.id(), None, 1);
         let current: Arc<dyn EventInfo> = event.clone();
-        let span = if self.metrics.on() {
+        let span = if self.metrics.on() && crate::obs::spans_wanted() {
             crate::obs::handle_span(&*event, &member.info, 1, None)
         } else {
-            tracing::Span::none()
+            None
         };
         let started = self.metrics.clock();
         let call = || {
-            span.in_scope(|| {
+            crate::obs::in_span(span, || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| member.handler.handle(&event, &ctx)))
             })
         };

@@ -1,7 +1,8 @@
 //! What observability costs the bus: throughput with metrics and spans on against the
 //! same bus with `observability(false)`, in the same run.
 //!
-//! Run with `cargo xtask bench observe` (or `cargo bench -p eda-observe --bench overhead`).
+//! Run with `cargo xtask bench observe [prefix]` (or `cargo bench -p eda-observe --bench
+//! overhead`); a prefix (`sync`, `async, 3`) runs the scenarios whose names start with it.
 //!
 //! Two phases, because a global recorder cannot be uninstalled:
 //! 1. no recorder and no `tracing` subscriber installed: on (no-op handles, disabled
@@ -115,7 +116,7 @@ fn compare(s: &Scenario) -> (f64, f64) {
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.starts_with(f));
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
