@@ -227,6 +227,7 @@ impl Coordinator {
             next: 0,
             committed: 0,
             inflight: BTreeMap::new(),
+            fetched: std::collections::VecDeque::new(),
             last_commit: Instant::now(),
         };
         let task = tokio::spawn(worker.run());
@@ -280,6 +281,10 @@ struct Worker {
     next: i64,
     committed: i64,
     inflight: BTreeMap<i64, InFlight>,
+    /// Records fetched and not delivered yet (from `next` on): a fetch returns up to
+    /// ~1 MiB, a full window takes fewer; the rest waits here instead of being fetched
+    /// again.
+    fetched: std::collections::VecDeque<rskafka::record::RecordAndOffset>,
     last_commit: Instant,
 }
 
@@ -330,24 +335,28 @@ impl Worker {
                 .max(1)
                 .saturating_sub(self.inflight.len());
             if room > 0 && !self.release.is_cancelled() {
-                let fetched = tokio::select! {
-                    _ = self.stop.cancelled() => return Ok(()),
-                    fetched = self.store.fetch(&self.topic, self.partition, self.next, wait) => fetched,
-                };
-                match fetched {
-                    Ok((records, _)) => {
-                        let records: Vec<_> = records
-                            .into_iter()
-                            .filter(|r| r.offset >= self.next)
-                            .take(room)
-                            .collect();
-                        if !records.is_empty() && !self.deliver_new(records).await? {
-                            return Ok(());
+                if self.fetched.is_empty() {
+                    let fetched = tokio::select! {
+                        _ = self.stop.cancelled() => return Ok(()),
+                        fetched = self.store.fetch(&self.topic, self.partition, self.next, wait) => fetched,
+                    };
+                    match fetched {
+                        Ok((records, _)) => {
+                            let next = self.next;
+                            self.fetched
+                                .extend(records.into_iter().filter(|r| r.offset >= next));
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "kafka consumer: fetch failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "kafka consumer: fetch failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let take = room.min(self.fetched.len());
+                if take > 0 {
+                    let records: Vec<_> = self.fetched.drain(..take).collect();
+                    if !self.deliver_new(records).await? {
+                        return Ok(());
                     }
                 }
             } else {
