@@ -24,6 +24,20 @@ fn record(n: u32) -> eda_core::RawEvent {
     Envelope::new(Note { n }).to_raw(&JsonCodec).unwrap()
 }
 
+/// Acks a delivery and returns its note's number.
+async fn settle(d: eda_core::Delivery) -> u32 {
+    let n = d
+        .record
+        .as_ref()
+        .unwrap()
+        .decode::<Note>()
+        .unwrap()
+        .payload
+        .n;
+    d.ack().await.unwrap();
+    n
+}
+
 /// Whether another connection holds the write lock right now (it cannot begin an
 /// immediate transaction without waiting).
 async fn write_locked(path: &std::path::Path) -> bool {
@@ -93,33 +107,14 @@ async fn a_take_left_unpolled_does_not_hold_the_write_lock() {
     }
     .unwrap()
     .unwrap();
-    let mut seen = vec![
-        second
-            .record
-            .as_ref()
-            .unwrap()
-            .decode::<Note>()
-            .unwrap()
-            .payload
-            .n,
-    ];
-    second.ack().await.unwrap();
+    let mut seen = vec![settle(second).await];
     while seen.len() < 3 {
         let d = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
             .expect("the stream stalled")
             .unwrap()
             .unwrap();
-        seen.push(
-            d.record
-                .as_ref()
-                .unwrap()
-                .decode::<Note>()
-                .unwrap()
-                .payload
-                .n,
-        );
-        d.ack().await.unwrap();
+        seen.push(settle(d).await);
     }
     assert_eq!(seen, vec![1, 2, 3]);
 }
