@@ -268,7 +268,7 @@ where
             Outcome::Unsubscribed => Err(HandlerError::msg("unsubscribed")),
         };
         let (ran, result) = self
-            .with_middleware(event, 1, || self.attempts(event), answer)
+            .with_middleware(event, 1, None, || self.attempts(event), answer)
             .await;
         match (ran, result) {
             (Some(outcome), _) => outcome,
@@ -288,6 +288,7 @@ where
         &self,
         event: &Arc<M>,
         attempt: u32,
+        deadline: Option<Instant>,
         inner: F,
         answer: fn(&T) -> HandlerResult,
     ) -> (Option<T>, HandlerResult)
@@ -321,7 +322,7 @@ where
             answer,
             output: Mutex::new(None),
         };
-        let ctx = Context::new(self.info.clone(), event.id(), None, attempt);
+        let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt);
         let answer = Next::new(&self.settings.middleware, &endpoint)
             .run(&**event, &ctx)
             .await;
@@ -568,8 +569,19 @@ where
             Ok(()) => Ok(()),
             Err(failure) => Err(HandlerError::msg(failure.reason())),
         };
+        // The middleware sees the attempt's deadline: a store redelivers after it (the
+        // visibility timeout is longer), so what middleware holds for the delivery (a
+        // dedup claim) must lapse by then, or a process that died mid-handler would
+        // have its redelivery taken for a duplicate.
+        let deadline = self.settings.timeout.map(|t| Instant::now() + t);
         let (ran, answer) = self
-            .with_middleware(event, attempt, || self.attempt(event, attempt), answer)
+            .with_middleware(
+                event,
+                attempt,
+                deadline,
+                || self.attempt(event, attempt),
+                answer,
+            )
             .await;
         match (ran, answer) {
             (Some(result), _) => result,
