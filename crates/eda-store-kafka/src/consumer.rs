@@ -109,6 +109,9 @@ impl Coordinator {
     }
 
     async fn run(mut self) {
+        if let Some((member, members)) = self.store.inner.options.static_member {
+            return self.run_static(member, members).await;
+        }
         let ttl = self.store.inner.options.lease_ttl;
         let tick = (ttl / 4).min(Duration::from_millis(100));
         loop {
@@ -139,6 +142,30 @@ impl Coordinator {
             .coordination()
             .release(&self.member_lease, &self.holder)
             .await;
+    }
+
+    /// Static membership: a worker for each partition `p % members == member`, started
+    /// again if it ends (a failure), until the stream is dropped. No leases.
+    async fn run_static(mut self, member: u32, members: u32) {
+        let mine: Vec<i32> = (0..self.store.partition_count())
+            .filter(|p| *p as u32 % members == member)
+            .collect();
+        loop {
+            for &p in &mine {
+                let ended = self.workers.get(&p).is_none_or(|w| w.task.is_finished());
+                if ended && !self.out.is_closed() {
+                    self.start_worker(p);
+                }
+            }
+            tokio::select! {
+                _ = self.out.closed() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        for (_, w) in self.workers.drain() {
+            w.stop.cancel();
+            let _ = w.task.await;
+        }
     }
 
     async fn rebalance(&mut self, ttl: Duration) -> Result<(), StoreError> {

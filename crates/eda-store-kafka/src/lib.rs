@@ -84,6 +84,7 @@ pub struct KafkaStoreBuilder {
     lease_ttl: Duration,
     fetch_wait: Duration,
     max_record_bytes: usize,
+    static_member: Option<(u32, u32)>,
 }
 
 impl KafkaStoreBuilder {
@@ -120,9 +121,29 @@ impl KafkaStoreBuilder {
         self.max_record_bytes = max;
         self
     }
+    /// Static partition assignment: the consumers of this store are member `member`
+    /// of `members` in every group they join, and take the partitions `p` with
+    /// `p % members == member`, without leases: no membership, no rebalancing, no
+    /// take-over when another member dies (its partitions wait for it). Offsets and
+    /// attempt counts still go to the coordination store. Giving two processes the
+    /// same member number makes them consume the same partitions; that is the
+    /// operator's promise to keep. Default: partitions shared by leases.
+    ///
+    /// [`connect`](Self::connect) refuses `members == 0` or `member >= members`.
+    pub fn static_membership(mut self, member: u32, members: u32) -> Self {
+        self.static_member = Some((member, members));
+        self
+    }
 
     /// Connects to the brokers.
     pub async fn connect(self) -> Result<KafkaStore, StoreError> {
+        if let Some((member, members)) = self.static_member
+            && member >= members
+        {
+            return Err(StoreError::Invalid(format!(
+                "static membership: member {member} of {members} (members are numbered 0 to n - 1)"
+            )));
+        }
         let backoff = BackoffConfig {
             deadline: Some(self.timeout),
             ..BackoffConfig::default()
@@ -198,6 +219,7 @@ impl KafkaStore {
             lease_ttl: Duration::from_secs(10),
             fetch_wait: Duration::from_millis(100),
             max_record_bytes: 1024 * 1024,
+            static_member: None,
         }
     }
 

@@ -128,3 +128,84 @@ async fn consumers_split_the_partitions_and_take_over_a_leavers() {
     );
     b.abort();
 }
+
+/// Static membership: member `i` of `n` consumes exactly the partitions `p % n == i`,
+/// from its first delivery, without leases; the two members together see everything
+/// once; and a member that stops leaves its partitions waiting (no take-over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_members_take_partitions_by_number() {
+    let Some(()) = require("kafka static membership", &kafka_brokers()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let coordination: Arc<SqliteStore> =
+        Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let member = |i: u32| {
+        KafkaStore::builder([kafka_brokers()], coordination.clone())
+            .partitions(4)
+            .static_membership(i, 2)
+            .connect()
+    };
+    let (zero, one) = (member(0).await.unwrap(), member(1).await.unwrap());
+    let invalid = KafkaStore::builder([kafka_brokers()], coordination.clone())
+        .static_membership(2, 2)
+        .connect()
+        .await;
+    assert!(
+        matches!(invalid, Err(eda_core::StoreError::Invalid(_))),
+        "member 2 of 2 is refused"
+    );
+    let topic = format!("static-{:08x}", fastrand::u32(..));
+    let seen: Seen = Arc::default();
+    let a = consume(zero.clone(), topic.clone(), "a", seen.clone());
+    let b = consume(one.clone(), topic.clone(), "b", seen.clone());
+    let records = (0..400u64)
+        .map(|n| {
+            Envelope::new(Job { n })
+                .with_partition_key(format!("k{n}"))
+                .to_raw(&JsonCodec)
+                .unwrap()
+        })
+        .collect();
+    zero.append(&topic, records).await.unwrap();
+    let started = std::time::Instant::now();
+    while seen.lock().unwrap().1.len() < 400 {
+        assert!(started.elapsed() < Duration::from_secs(20), "stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        let seen = seen.lock().unwrap();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        assert_eq!(seen.0["a"], set(&["0", "2"]), "member 0 of 2");
+        assert_eq!(seen.0["b"], set(&["1", "3"]), "member 1 of 2");
+        let distinct: HashSet<_> = seen.1.iter().collect();
+        assert_eq!((distinct.len(), seen.1.len()), (400, 400), "each once");
+    }
+    // Member 1 stops: what lands on its partitions waits; member 0 goes on with its own.
+    b.abort();
+    let _ = b.await;
+    let more: Vec<_> = (400..480u64)
+        .map(|n| {
+            Envelope::new(Job { n })
+                .with_partition_key(format!("k{n}"))
+                .to_raw(&JsonCodec)
+                .unwrap()
+        })
+        .collect();
+    let to_zero = more
+        .iter()
+        .filter(|r| zero.partition_of(r.metadata.partition_key.as_deref().unwrap()) % 2 == 0)
+        .count();
+    zero.append(&topic, more).await.unwrap();
+    let started = std::time::Instant::now();
+    while seen.lock().unwrap().1.len() < 400 + to_zero {
+        assert!(started.elapsed() < Duration::from_secs(20), "member 0 stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.1.len(), 400 + to_zero, "nobody took member 1's partitions");
+    assert!(to_zero > 0 && to_zero < 80, "{to_zero} of 80 on member 0's partitions");
+    assert_eq!(seen.0["a"].len(), 2);
+    a.abort();
+}
