@@ -199,13 +199,23 @@ async fn static_members_take_partitions_by_number() {
     zero.append(&topic, more).await.unwrap();
     let started = std::time::Instant::now();
     while seen.lock().unwrap().1.len() < 400 + to_zero {
-        assert!(started.elapsed() < Duration::from_secs(20), "member 0 stuck");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "member 0 stuck"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.1.len(), 400 + to_zero, "nobody took member 1's partitions");
-    assert!(to_zero > 0 && to_zero < 80, "{to_zero} of 80 on member 0's partitions");
+    assert_eq!(
+        seen.1.len(),
+        400 + to_zero,
+        "nobody took member 1's partitions"
+    );
+    assert!(
+        to_zero > 0 && to_zero < 80,
+        "{to_zero} of 80 on member 0's partitions"
+    );
     assert_eq!(seen.0["a"].len(), 2);
     a.abort();
 }
