@@ -15,8 +15,6 @@ fn sigkilled_consumers_with_dedup() {
 
 #[cfg(feature = "redis")]
 mod with_redis {
-    use std::collections::HashMap;
-    use std::io::Write as _;
     use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -26,6 +24,7 @@ mod with_redis {
     use eda_dispatch::{Bus, SubscribeOptions};
     use eda_store_redis::RedisStreamStore;
     use eda_testkit::backend::{redis_url, require};
+    use eda_testkit::handled;
     use serde::{Deserialize, Serialize};
 
     const EVENTS: u64 = 20_000;
@@ -92,11 +91,7 @@ mod with_redis {
                 move |e: Arc<Envelope<Work>>, _c: Context| {
                     let log = log.clone();
                     async move {
-                        // One write syscall a line: a kill cannot tear it.
-                        log.lock()
-                            .unwrap()
-                            .write_all(format!("{}\n", e.payload.n).as_bytes())
-                            .unwrap();
+                        handled::record(&mut log.lock().unwrap(), e.payload.n);
                         Ok(())
                     }
                 },
@@ -148,13 +143,6 @@ mod with_redis {
                 .collect();
             store.append(&topic, records).await.unwrap();
         }
-        let handled = |log: &std::path::Path| -> Vec<u64> {
-            std::fs::read_to_string(log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.parse().ok())
-                .collect()
-        };
         let mut kills = 0;
         while kills < KILLS {
             let mut c = child(&topic, &log, false);
@@ -173,26 +161,17 @@ mod with_redis {
             kills += 1;
             println!(
                 "kill {kills} after {wait:?}: {} handled so far",
-                handled(&log).len()
+                handled::read(&log).len()
             );
         }
         assert!(
-            (handled(&log).len() as u64) < EVENTS,
+            (handled::read(&log).len() as u64) < EVENTS,
             "the children handled everything before the last kill; raise EVENTS"
         );
         let status = child(&topic, &log, true).wait().unwrap();
         assert!(status.success());
-        let seen = handled(&log);
-        let mut counts: HashMap<u64, u32> = HashMap::new();
-        for n in &seen {
-            *counts.entry(*n).or_default() += 1;
-        }
-        let missing: Vec<u64> = (0..EVENTS)
-            .filter(|n| !counts.contains_key(n))
-            .take(10)
-            .collect();
-        assert!(missing.is_empty(), "lost events (first ones): {missing:?}");
-        let duplicates = seen.len() as u64 - EVENTS;
+        let seen = handled::read(&log);
+        let duplicates = handled::duplicates(seen.iter().copied(), EVENTS);
         println!(
             "{kills} kills, {} handled, {duplicates} duplicates",
             seen.len()

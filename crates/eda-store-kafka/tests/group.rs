@@ -20,6 +20,18 @@ impl Event for Job {
     const TYPE: &'static str = "job";
 }
 
+/// Jobs numbered by `range`, each keyed `k<n>` (spread over the partitions).
+fn jobs(range: std::ops::Range<u64>) -> Vec<eda_core::RawEvent> {
+    range
+        .map(|n| {
+            Envelope::new(Job { n })
+                .with_partition_key(format!("k{n}"))
+                .to_raw(&JsonCodec)
+                .unwrap()
+        })
+        .collect()
+}
+
 /// Partitions each consumer received records from, and every record's number.
 type Seen = Arc<Mutex<(HashMap<String, HashSet<String>>, Vec<u64>)>>;
 
@@ -81,15 +93,7 @@ async fn consumers_split_the_partitions_and_take_over_a_leavers() {
         let store = store.clone();
         let topic = topic.clone();
         async move {
-            let records = range
-                .map(|n| {
-                    Envelope::new(Job { n })
-                        .with_partition_key(format!("k{n}"))
-                        .to_raw(&JsonCodec)
-                        .unwrap()
-                })
-                .collect();
-            store.append(&topic, records).await.unwrap();
+            store.append(&topic, jobs(range)).await.unwrap();
         }
     };
     publish(0..400).await;
@@ -159,15 +163,7 @@ async fn static_members_take_partitions_by_number() {
     let seen: Seen = Arc::default();
     let a = consume(zero.clone(), topic.clone(), "a", seen.clone());
     let b = consume(one.clone(), topic.clone(), "b", seen.clone());
-    let records = (0..400u64)
-        .map(|n| {
-            Envelope::new(Job { n })
-                .with_partition_key(format!("k{n}"))
-                .to_raw(&JsonCodec)
-                .unwrap()
-        })
-        .collect();
-    zero.append(&topic, records).await.unwrap();
+    zero.append(&topic, jobs(0..400)).await.unwrap();
     let started = std::time::Instant::now();
     while seen.lock().unwrap().1.len() < 400 {
         assert!(started.elapsed() < Duration::from_secs(20), "stuck");
@@ -184,14 +180,7 @@ async fn static_members_take_partitions_by_number() {
     // Member 1 stops: what lands on its partitions waits; member 0 goes on with its own.
     b.abort();
     let _ = b.await;
-    let more: Vec<_> = (400..480u64)
-        .map(|n| {
-            Envelope::new(Job { n })
-                .with_partition_key(format!("k{n}"))
-                .to_raw(&JsonCodec)
-                .unwrap()
-        })
-        .collect();
+    let more = jobs(400..480);
     let to_zero = more
         .iter()
         .filter(|r| zero.partition_of(r.metadata.partition_key.as_deref().unwrap()) % 2 == 0)

@@ -5,7 +5,6 @@
 //!
 //! The children are this test binary run again with `EDA_KAFKA_MP_TOPIC` set.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -194,16 +193,8 @@ async fn a_killed_consumer_process_hands_its_partitions_over() {
         PARTITIONS as usize,
         "b ended with every partition"
     );
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for (n, _) in a_seen.iter().chain(&b_seen) {
-        *counts.entry(*n).or_default() += 1;
-    }
-    let missing: Vec<u64> = (0..EVENTS)
-        .filter(|n| !counts.contains_key(n))
-        .take(10)
-        .collect();
-    assert!(missing.is_empty(), "lost (first ones): {missing:?}");
-    let duplicates = (a_seen.len() + b_seen.len()) as u64 - EVENTS;
+    let duplicates =
+        eda_testkit::handled::duplicates(a_seen.iter().chain(&b_seen).map(|(n, _)| *n), EVENTS);
     // What `a` had handled and not yet committed comes back to `b`: at most the
     // in-flight window of each partition it held, plus the acks not yet committed
     // (commits are at most 100 ms apart; `a` handles ~500 records a second).

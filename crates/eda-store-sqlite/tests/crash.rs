@@ -4,13 +4,12 @@
 //! The child is this test binary run again with `EDA_CRASH_CHILD` set (the
 //! `crash_child` test is a no-op otherwise).
 
-use std::collections::HashMap;
-use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use eda_core::{ConsumeOptions, Envelope, Event, EventStore, JsonCodec, StartFrom};
 use eda_store_sqlite::SqliteStore;
+use eda_testkit::handled;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -120,9 +119,7 @@ async fn crash_child() {
             tx.commit().await.unwrap();
         }
         // The side effect first, then the ack: a kill in between is a duplicate, never a loss.
-        // One write syscall per line: a kill cannot leave a torn line for the next child
-        // to append to (writeln! may write the number and the newline separately).
-        log.write_all(format!("{n}\n").as_bytes()).unwrap();
+        handled::record(&mut log, n);
         delivery.ack().await.unwrap();
     }
     store.close().await.unwrap();
@@ -168,17 +165,10 @@ async fn crash_test(inbox: bool) {
             .collect();
         store.append("work", records).await.unwrap();
     }
-    let handled = |log: &std::path::Path| -> Vec<u64> {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .collect()
-    };
     let mut kills = 0;
     while kills < KILLS {
         let mut c = child(&db, &log, false, inbox);
-        let before = handled(&log).len();
+        let before = handled::read(&log).len();
         let wait = Duration::from_millis(rng.u64(50..400));
         let started = Instant::now();
         while started.elapsed() < wait && c.try_wait().unwrap().is_none() {
@@ -192,9 +182,9 @@ async fn crash_test(inbox: bool) {
         kills += 1;
         println!(
             "kill {kills} after {wait:?}: {} handled so far",
-            handled(&log).len()
+            handled::read(&log).len()
         );
-        assert!(handled(&log).len() >= before);
+        assert!(handled::read(&log).len() >= before);
     }
     assert!(
         kills >= KILLS,
@@ -203,17 +193,8 @@ async fn crash_test(inbox: bool) {
     // A last consumer runs to the end (unacked records come back after 500 ms).
     let status = child(&db, &log, true, inbox).wait().unwrap();
     assert!(status.success());
-    let seen = handled(&log);
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for n in &seen {
-        *counts.entry(*n).or_default() += 1;
-    }
-    let missing: Vec<u64> = (0..events)
-        .filter(|n| !counts.contains_key(n))
-        .take(10)
-        .collect();
-    assert!(missing.is_empty(), "lost events (first ones): {missing:?}");
-    let duplicates = seen.len() as u64 - events;
+    let seen = handled::read(&log);
+    let duplicates = handled::duplicates(seen.iter().copied(), events);
     println!(
         "{kills} kills, {} handled, {duplicates} duplicates",
         seen.len()

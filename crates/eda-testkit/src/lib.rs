@@ -18,6 +18,7 @@
 pub mod backend;
 pub mod conformance;
 pub mod coordination;
+pub mod handled;
 mod memory;
 
 pub use conformance::Harness;
