@@ -109,7 +109,9 @@ async fn consume(store: &RedisStreamStore, consumers: usize) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn latency(store: &RedisStreamStore) -> (f64, f64, u64) {
+/// (p50 ms, p99 ms, events handled, the publish rate reached in events/s): appends run
+/// on their own tasks so that an append's round trip does not throttle the rate.
+async fn latency(store: &RedisStreamStore) -> (f64, f64, u64, f64) {
     let epoch = Instant::now();
     let options = ConsumeOptions {
         start: StartFrom::NewOnly,
@@ -144,6 +146,8 @@ async fn latency(store: &RedisStreamStore) -> (f64, f64, u64) {
     // 10 events every millisecond.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let producing = Instant::now();
+    let mut appends = Vec::with_capacity(expected as usize);
     for _ in 0..(seconds * 1000) {
         tick.tick().await;
         for _ in 0..(rate / 1000) {
@@ -153,14 +157,22 @@ async fn latency(store: &RedisStreamStore) -> (f64, f64, u64) {
             })
             .to_raw(&JsonCodec)
             .unwrap();
-            store.append("latency", vec![record]).await.unwrap();
+            let store = store.clone();
+            appends.push(tokio::spawn(async move {
+                store.append("latency", vec![record]).await.unwrap();
+            }));
         }
     }
+    for append in appends {
+        append.await.unwrap();
+    }
+    let reached = expected as f64 / producing.elapsed().as_secs_f64();
     let hist = consumer.await.unwrap();
     (
         hist.value_at_quantile(0.5) as f64 / 1000.0,
         hist.value_at_quantile(0.99) as f64 / 1000.0,
         hist.len(),
+        reached,
     )
 }
 
@@ -205,10 +217,12 @@ async fn main() {
         );
     }
 
-    let (p50, p99, n) = latency(&store).await;
-    println!("\n| publish → handled at 10k events/s ({n} events) | p50 | p99 |");
-    println!("|---|---:|---:|");
-    println!("| one append per event, one consumer | {p50:.2} ms | {p99:.2} ms |");
+    let (p50, p99, n, reached) = latency(&store).await;
+    println!("\n| publish → handled at 10k events/s ({n} events) | rate reached | p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| one append per event (own task), one consumer | {reached:.0} ev/s | {p50:.2} ms | {p99:.2} ms |"
+    );
 
     println!(
         "\nWatermill's published Redis Streams figures for comparison (16 CPUs): 59k publish / 12k subscribe msg/s."
