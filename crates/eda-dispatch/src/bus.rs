@@ -447,13 +447,7 @@ impl Bus {
         mut envelope: Envelope<E>,
     ) -> Result<EventId, PublishError> {
         self.check_open(envelope.id)?;
-        self.stamp(
-            E::TYPE,
-            envelope.id,
-            &mut envelope.time,
-            &mut envelope.source,
-            &mut envelope.metadata,
-        );
+        self.stamp_envelope(&mut envelope);
         if let Some((topic, commit)) = self.durable_of(E::TYPE) {
             let raw = envelope
                 .to_raw(&commit.options.codec)
@@ -483,13 +477,7 @@ impl Bus {
                 let mut envelope = Envelope::new(event);
                 self.check_open(envelope.id)?;
                 crate::obs::in_span(self.publish_span(E::TYPE, envelope.id), || {
-                    self.stamp(
-                        E::TYPE,
-                        envelope.id,
-                        &mut envelope.time,
-                        &mut envelope.source,
-                        &mut envelope.metadata,
-                    )
+                    self.stamp_envelope(&mut envelope)
                 });
                 let raw =
                     envelope
@@ -544,13 +532,7 @@ impl Bus {
         let span = self.publish_span(E::TYPE, envelope.id);
         let _entered = span.as_ref().map(tracing::Span::enter);
         self.check_open(envelope.id)?;
-        self.stamp(
-            E::TYPE,
-            envelope.id,
-            &mut envelope.time,
-            &mut envelope.source,
-            &mut envelope.metadata,
-        );
+        self.stamp_envelope(&mut envelope);
         if let Some((topic, _)) = self.durable_of(E::TYPE) {
             return Err(PublishError::Store {
                 event_id: envelope.id,
@@ -632,6 +614,17 @@ impl Bus {
             return Err(PublishError::ShutDown { event_id });
         }
         Ok(())
+    }
+
+    /// [`stamp`](Self::stamp) for a typed envelope.
+    fn stamp_envelope<E: Event>(&self, envelope: &mut Envelope<E>) {
+        self.stamp(
+            E::TYPE,
+            envelope.id,
+            &mut envelope.time,
+            &mut envelope.source,
+            &mut envelope.metadata,
+        );
     }
 
     fn stamp(

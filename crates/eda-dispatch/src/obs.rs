@@ -332,16 +332,15 @@ pub(crate) fn publish_span<'a>(
 }
 
 /// The `eda.handle` span of one attempt, linked to the event's trace when a
-/// [`TraceContext`](eda_core::TraceContext) is installed.
+/// [`TraceContext`](eda_core::TraceContext) is installed. Callers build it only when
+/// [`spans_wanted`]: no span at all is cheaper than `Span::none()`, whose enter, exit
+/// and drop still consult the `log` crate.
 pub(crate) fn handle_span(
     event: &dyn EventInfo,
     info: &eda_core::SubscriptionInfo,
     attempt: u32,
     trace: Option<&dyn eda_core::TraceContext>,
-) -> Option<tracing::Span> {
-    if !spans_wanted() {
-        return None;
-    }
+) -> tracing::Span {
     let span = tracing::info_span!(
         target: "eda",
         "eda.handle",
@@ -357,5 +356,5 @@ pub(crate) fn handle_span(
     {
         trace.link(&span, event.metadata());
     }
-    Some(span)
+    span
 }

@@ -16,6 +16,7 @@ use eda_core::{
     HandlerResult, Middleware, Next, SubscriptionInfo, Timestamp,
 };
 use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use tokio::time::Instant;
 
 use crate::cause::CURRENT_EVENT;
@@ -372,22 +373,21 @@ where
         let Some(guard) = self.gate.enter() else {
             return Err(Failure::Unsubscribed);
         };
-        let span = if self.metrics.on() && crate::obs::spans_wanted() {
+        let span = (self.metrics.on() && crate::obs::spans_wanted()).then(|| {
             crate::obs::handle_span(
                 &**event,
                 &self.info,
                 attempt,
                 self.settings.trace.as_deref(),
             )
-        } else {
-            None
-        }
-        .unwrap_or_else(tracing::Span::none);
+        });
         let started = self.metrics.clock();
-        let mut fut = pin!(tracing::Instrument::instrument(
-            self.run_handler(event.clone(), ctx, current, deadline),
-            span
-        ));
+        let run = self.run_handler(event.clone(), ctx, current, deadline);
+        // No span at all when none is wanted (see `obs::handle_span`).
+        let mut fut = pin!(match span {
+            Some(span) => Either::Left(tracing::Instrument::instrument(run, span)),
+            None => Either::Right(run),
+        });
         let first = poll_once(&mut fut).await;
         drop(guard);
         let result = match first {

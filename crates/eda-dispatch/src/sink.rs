@@ -173,11 +173,8 @@ impl<M: EventInfo, A: AcceptsOffer<M>> SyncSink<M, A> {
         let _guard = member.gate.enter()?;
         let ctx = Context::new(member.info.clone(), event.id(), None, 1);
         let current: Arc<dyn EventInfo> = event.clone();
-        let span = if self.metrics.on() && crate::obs::spans_wanted() {
-            crate::obs::handle_span(&*event, &member.info, 1, None)
-        } else {
-            None
-        };
+        let span = (self.metrics.on() && crate::obs::spans_wanted())
+            .then(|| crate::obs::handle_span(&*event, &member.info, 1, None));
         let started = self.metrics.clock();
         let call = || {
             crate::obs::in_span(span, || {
