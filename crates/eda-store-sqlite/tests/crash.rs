@@ -5,7 +5,7 @@
 //! `crash_child` test is a no-op otherwise).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eda_core::{ConsumeOptions, Envelope, Event, EventStore, JsonCodec, StartFrom};
 use eda_store_sqlite::SqliteStore;
@@ -170,15 +170,9 @@ async fn crash_test(inbox: bool) {
         let mut c = child(&db, &log, false, inbox);
         let before = handled::read(&log).len();
         let wait = Duration::from_millis(rng.u64(50..400));
-        let started = Instant::now();
-        while started.elapsed() < wait && c.try_wait().unwrap().is_none() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if c.try_wait().unwrap().is_some() {
+        if !handled::kill_after(&mut c, wait).await {
             break; // finished before the kill: nothing left to interrupt
         }
-        c.kill().unwrap(); // SIGKILL
-        c.wait().unwrap();
         kills += 1;
         println!(
             "kill {kills} after {wait:?}: {} handled so far",

@@ -36,3 +36,21 @@ pub fn duplicates(seen: impl IntoIterator<Item = u64>, events: u64) -> u64 {
     assert!(missing.is_empty(), "lost events (first ones): {missing:?}");
     counts.values().map(|c| c - 1).sum()
 }
+
+/// Lets `child` run for `wait`, then SIGKILLs it and reaps it. `false` (and no kill)
+/// when it exited on its own first.
+pub async fn kill_after(child: &mut std::process::Child, wait: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < wait {
+        if child.try_wait().expect("polling the child").is_some() {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if child.try_wait().expect("polling the child").is_some() {
+        return false;
+    }
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reaping the child");
+    true
+}
