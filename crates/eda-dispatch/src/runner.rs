@@ -496,22 +496,24 @@ where
             let age = event.time().millis_until(Timestamp::now());
             if age > ttl.as_millis() as i64 {
                 let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
-                let sent = match event.to_raw_event() {
-                    Ok(raw) => self.store_dead_letter(store, raw, 0, reason).await,
+                match event.to_raw_event() {
+                    Ok(raw) => {
+                        self.durable_dead_letter(
+                            store,
+                            raw,
+                            0,
+                            reason,
+                            delivery,
+                            DeadReason::Expired,
+                        )
+                        .await
+                    }
                     Err(e) => {
                         tracing::error!(event_id = %event.id(), error = %e, "cannot encode expired event");
-                        false
+                        // Not acked: it comes back, and the write is tried again.
+                        bump(&self.counters.deliveries);
+                        bump(&self.counters.failed);
                     }
-                };
-                bump(&self.counters.deliveries);
-                if sent {
-                    bump(&self.counters.expired);
-                    self.metrics.dead_lettered(DeadReason::Expired);
-                    settle(delivery.ack().await, "ack");
-                } else {
-                    // Not acked, as for any dead letter the store did not take: it comes
-                    // back and the write is tried again.
-                    bump(&self.counters.failed);
                 }
                 return;
             }
@@ -604,7 +606,11 @@ where
     ) {
         bump(&self.counters.deliveries);
         if self.store_dead_letter(store, raw, attempts, reason).await {
-            bump(&self.counters.dead_lettered);
+            // An expired event is counted as expired, not as dead-lettered.
+            bump(match why {
+                DeadReason::Expired => &self.counters.expired,
+                _ => &self.counters.dead_lettered,
+            });
             self.metrics.dead_lettered(why);
             settle(delivery.ack().await, "ack");
         } else {
