@@ -64,12 +64,13 @@ fn eda_unicast(n: u64, batch: u64, strategy: WaitStrategy) -> Duration {
             i += 1;
         }
     } else {
-        let mut buf = Vec::with_capacity(batch as usize);
         while i < n {
-            buf.clear();
-            buf.extend(i..(i + batch).min(n));
-            let k = buf.len() as u64;
-            producer.publish_batch(buf.drain(..)).unwrap();
+            // Values computed as they are written, as the `disruptor` closure does.
+            let k = batch.min(n - i);
+            let first = i;
+            producer
+                .publish_batch((0..k as u32).map(move |j| first + u64::from(j)))
+                .unwrap();
             i += k;
         }
     }

@@ -141,3 +141,19 @@ fn loom_pipeline_stage_is_woken_by_the_earlier_stage() {
         assert_eq!(stage2.join().unwrap(), vec![1, 2]);
     });
 }
+
+#[test]
+fn loom_multi_producers_without_consumers_never_write_one_slot_at_once() {
+    // No consumer gates the ring, so the second claim laps the first in a ring of one
+    // slot: its write must wait until the first producer has published its own.
+    loom::model(|| {
+        let (producer, ring) = multi_producer::<u64>(1);
+        let p2 = producer.clone();
+        let other = thread::spawn(move || {
+            p2.publish(1).unwrap();
+        });
+        producer.publish(2).unwrap();
+        other.join().unwrap();
+        assert_eq!(ring.cursor(), 1, "two claims");
+    });
+}

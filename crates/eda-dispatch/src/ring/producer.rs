@@ -40,20 +40,31 @@ impl<T: Send + Sync> SingleProducer<T> {
         if self.ring.is_closed() || !self.room_for(1) {
             return Err(value);
         }
-        let sequence = self.claimed + 1;
-        self.ring.write(sequence, value);
-        self.claimed = sequence;
-        self.ring.publish_range(sequence, sequence);
-        Ok(sequence)
+        Ok(self.write_next(value))
     }
 
     /// Publishes one event, waiting for room with the ring's strategy.
+    #[inline]
     pub fn publish(&mut self, value: T) -> Result<i64, Closed> {
         self.wait_for_room(1)?;
-        self.try_publish(value).map_err(|_| Closed)
+        Ok(self.write_next(value))
+    }
+
+    /// Writes and publishes the next sequence; room was checked and the ring was open.
+    #[inline(always)]
+    fn write_next(&mut self, value: T) -> i64 {
+        let sequence = self.claimed + 1;
+        let previous = self.ring.write::<false>(sequence, value);
+        self.claimed = sequence;
+        self.ring.publish_range::<false>(sequence, sequence);
+        drop(previous);
+        sequence
     }
 
     /// Publishes a batch under one claim and one cursor store; all or nothing.
+    ///
+    /// Publishes what the iterator yields, at most its announced length: an iterator
+    /// that yields fewer publishes fewer (the returned range says how many).
     pub fn try_publish_batch<I>(&mut self, values: I) -> Result<(i64, i64), Full>
     where
         I: IntoIterator<Item = T>,
@@ -68,12 +79,14 @@ impl<T: Send + Sync> SingleProducer<T> {
             return Err(Full);
         }
         let lo = self.claimed + 1;
-        for (i, value) in values.enumerate() {
-            self.ring.write(lo + i as i64, value);
+        // In order, one at a time: if the iterator (or a replaced event's `Drop`)
+        // panics, what was written stays unpublished and is written over next time.
+        let hi = self.ring.write_run(lo, values.take(n as usize));
+        self.claimed = hi;
+        if hi >= lo {
+            self.ring.publish_range::<false>(lo, hi);
         }
-        self.claimed = lo + n - 1;
-        self.ring.publish_range(lo, self.claimed);
-        Ok((lo, self.claimed))
+        Ok((lo, hi))
     }
 
     /// Publishes a batch, waiting for room with the ring's strategy. At most the ring's
@@ -89,11 +102,18 @@ impl<T: Send + Sync> SingleProducer<T> {
         self.try_publish_batch(values).map_err(|_| Closed)
     }
 
+    #[inline]
     fn wait_for_room(&self, n: i64) -> Result<(), Closed> {
         let ring = &self.ring;
         if !ring.is_closed() && self.room_for(n) {
             return Ok(());
         }
+        self.wait_for_room_slow(n)
+    }
+
+    #[cold]
+    fn wait_for_room_slow(&self, n: i64) -> Result<(), Closed> {
+        let ring = &self.ring;
         ring.strategy
             .wait_until(&ring.space, || ring.is_closed() || self.room_for(n));
         if ring.is_closed() {
@@ -162,8 +182,9 @@ impl<T: Send + Sync> MultiProducer<T> {
     pub fn try_publish(&self, value: T) -> Result<i64, T> {
         match self.try_claim(1) {
             Ok((sequence, _)) => {
-                self.ring.write(sequence, value);
-                self.ring.publish_range(sequence, sequence);
+                let previous = self.ring.write::<true>(sequence, value);
+                self.ring.publish_range::<true>(sequence, sequence);
+                drop(previous);
                 Ok(sequence)
             }
             Err(Full) => Err(value),
@@ -187,12 +208,16 @@ impl<T: Send + Sync> MultiProducer<T> {
     }
 
     /// Publishes a batch under one claim; all or nothing.
+    ///
+    /// The values are collected before the claim: a claimed sequence must be written
+    /// (other producers wait for it), so no user code may run, or fall short, between
+    /// claiming and publishing.
     pub fn try_publish_batch<I>(&self, values: I) -> Result<(i64, i64), Full>
     where
         I: IntoIterator<Item = T>,
         I::IntoIter: ExactSizeIterator,
     {
-        let values = values.into_iter();
+        let values: Vec<T> = values.into_iter().collect();
         let n = values.len() as i64;
         if n == 0 {
             let c = self.ring.cursor.get();
@@ -201,11 +226,22 @@ impl<T: Send + Sync> MultiProducer<T> {
         if n > self.ring.capacity() as i64 {
             return Err(Full);
         }
+        // Allocated before the claim, so pushing below cannot fail.
+        let mut replaced = Vec::with_capacity(if std::mem::needs_drop::<T>() {
+            values.len()
+        } else {
+            0
+        });
         let (lo, hi) = self.try_claim(n)?;
-        for (i, value) in values.enumerate() {
-            self.ring.write(lo + i as i64, value);
+        for (sequence, value) in (lo..=hi).zip(values) {
+            if let Some(previous) = self.ring.write::<true>(sequence, value)
+                && std::mem::needs_drop::<T>()
+            {
+                replaced.push(previous);
+            }
         }
-        self.ring.publish_range(lo, hi);
+        self.ring.publish_range::<true>(lo, hi);
+        drop(replaced);
         Ok((lo, hi))
     }
 

@@ -3,13 +3,25 @@
 //!
 //! # Why the slot accesses are sound
 //!
-//! A slot holds the event of every sequence `s` with `s & mask == index`.
+//! A slot holds the event of every sequence `s` with `s & mask == index`, as a bare
+//! `MaybeUninit<T>` (no `Option` tag: a `u64` event takes 8 bytes, not 16, which
+//! halves the cache lines producer and consumer pass between them).
+//! * **Initialised.** Every sequence a producer claims is written before it is
+//!   published, and claims are handed out in order from 0, so the slot of `s` already
+//!   holds the event of `s - capacity` when `s >= capacity`: a write moves that one out
+//!   (dropped only after the new event is in place) and the ring's `Drop` drops what the
+//!   slots hold. A single producer writes `s` only after `s - 1` (its batches publish
+//!   only what their iterator yielded); a multi producer first waits until the slot's
+//!   availability flag says `s - capacity` was published, and its batches are collected
+//!   before they claim, so a claim is never left unwritten.
 //! * **Writes.** A producer writes sequence `s` only after claiming it exclusively
 //!   (single producer: the only handle; multi producer: a successful CAS of the claim
 //!   cursor) and after observing, with Acquire, every gating sequence `>= s - capacity`:
 //!   every consumer has finished with the slot's previous occupant and published that
-//!   with Release, so its reads happen before this write. Nobody reads `s` yet, because
-//!   `s` becomes visible only when the producer publishes it (Release) afterwards.
+//!   with Release, so its reads happen before this write. A multi producer also waits
+//!   (Acquire) for the previous occupant's publication, so its writer is done with the
+//!   slot too, even when no consumer gates the ring. Nobody reads `s` yet, because `s`
+//!   becomes visible only when the producer publishes it (Release) afterwards.
 //! * **Reads.** A consumer reads `s` only after observing it published (Acquire on the
 //!   cursor, or on the slot's availability flag with several producers), so the write
 //!   happens before the read. The slot cannot be rewritten (as `s + capacity`) until
@@ -17,7 +29,11 @@
 //!   reads are done. Readers only share `&T`, hence `T: Sync`.
 
 use super::sequence::{INITIAL, Sequence, min_sequence};
-use super::sync::{Arc, AtomicBool, AtomicI64, Mutex, Ordering, UnsafeCell, lock};
+use std::mem::MaybeUninit;
+
+use super::sync::{
+    Arc, AtomicBool, AtomicI64, Mutex, Ordering, UnsafeCell, lock, spin_loop, yield_now,
+};
 use super::wait::{Notifier, WaitStrategy};
 
 /// The ring could not take the events: every slot is still being read.
@@ -32,7 +48,7 @@ pub struct Closed;
 
 /// A pre-allocated, power-of-two ring of slots shared by producers and consumers.
 pub struct RingBuffer<T> {
-    slots: Box<[UnsafeCell<Option<T>>]>,
+    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
     mask: i64,
     /// Single producer: the last published sequence.
     /// Multi producer: the last *claimed* sequence (publication is per slot).
@@ -76,7 +92,9 @@ impl<T> std::fmt::Debug for RingBuffer<T> {
 impl<T> RingBuffer<T> {
     pub(super) fn new(capacity: usize, multi: bool, strategy: WaitStrategy) -> Arc<Self> {
         let capacity = capacity.max(1).next_power_of_two();
-        let slots = (0..capacity).map(|_| UnsafeCell::new(None)).collect();
+        let slots = (0..capacity)
+            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+            .collect();
         let available = if multi {
             (0..capacity).map(|_| AtomicI64::new(INITIAL)).collect()
         } else {
@@ -149,9 +167,15 @@ impl<T> RingBuffer<T> {
         if wrap_point <= self.gating_cache.get() {
             return true;
         }
+        wrap_point <= self.refresh_gating_cache(published)
+    }
+
+    /// Reads the gating sequences again (the cached minimum was not enough).
+    #[cold]
+    fn refresh_gating_cache(&self, published: i64) -> i64 {
         let min = self.min_gating(published);
         self.gating_cache.set(min);
-        wrap_point <= min
+        min
     }
 
     /// Removes a consumer's sequence; producers no longer wait for it.
@@ -185,18 +209,90 @@ impl<T> RingBuffer<T> {
         sequence
     }
 
-    /// Writes `value` into the slot of `sequence`.
+    /// Writes `value` into the slot of `sequence` and returns the event it replaces
+    /// (`sequence - capacity`), for the caller to drop once `sequence` is published: a
+    /// panicking `Drop` then cannot leave a claimed sequence unpublished.
     ///
-    /// Callers must have claimed `sequence` exclusively and checked room for it
-    /// ([`has_room`](Self::has_room)); see the module docs.
+    /// Callers must have claimed `sequence` exclusively, checked room for it
+    /// ([`has_room`](Self::has_room)), and written every sequence below it that they
+    /// claimed; see the module docs.
     #[inline]
-    pub(super) fn write(&self, sequence: i64, value: T) {
-        let slot = &self.slots[(sequence & self.mask) as usize];
-        // SAFETY: the caller claimed `sequence` exclusively, and every consumer has
-        // released the slot's previous occupant (room checked with Acquire), so no other
-        // thread accesses this slot until `sequence` is published.
+    #[must_use = "the replaced event is dropped by the caller after publishing"]
+    ///
+    /// `MULTI` says which producer calls (a ring has one kind, fixed at construction),
+    /// so the single producer's path carries no multi-producer check.
+    pub(super) fn write<const MULTI: bool>(&self, sequence: i64, value: T) -> Option<T> {
+        debug_assert_eq!(MULTI, self.multi);
+        let index = (sequence & self.mask) as usize;
+        let occupied = sequence >= self.capacity() as i64;
+        if MULTI
+            && occupied
+            && self.available[index].load(Ordering::Acquire) != sequence - self.capacity() as i64
+        {
+            self.wait_previous_published(index, sequence - self.capacity() as i64);
+        }
+        Self::replace(&self.slots[index], occupied, value)
+    }
+
+    /// Single producer: writes `values` at `lo`, `lo + 1`, … (one pass, the slots and
+    /// mask kept in registers) and returns the last sequence written (`lo - 1` when the
+    /// iterator was empty). Same obligations as [`write`](Self::write), for every
+    /// sequence written; the replaced events are dropped here, each after its slot
+    /// holds the new one.
+    #[inline]
+    pub(super) fn write_run(&self, lo: i64, values: impl Iterator<Item = T>) -> i64 {
+        debug_assert!(!self.multi);
+        let slots = &*self.slots;
+        let (mask, capacity) = (self.mask, slots.len() as i64);
+        let mut hi = lo - 1;
+        for value in values {
+            let sequence = hi + 1;
+            let previous = Self::replace(
+                &slots[(sequence & mask) as usize],
+                sequence >= capacity,
+                value,
+            );
+            hi = sequence;
+            drop(previous);
+        }
+        hi
+    }
+
+    /// Puts `value` into `slot` and moves out the event it held when `occupied`.
+    #[inline(always)]
+    fn replace(slot: &UnsafeCell<MaybeUninit<T>>, occupied: bool, value: T) -> Option<T> {
+        // An event without drop glue is simply written over.
+        let occupied = occupied && std::mem::needs_drop::<T>();
+        // SAFETY: the callers ([`write`], [`write_run`]) claimed the slot's sequence
+        // exclusively, and every consumer has released the slot's previous occupant
+        // (room checked with Acquire), as has its writer (single producer: this thread;
+        // multi producer: its publication observed with Acquire), so no other thread
+        // accesses this slot until the sequence is published. When `occupied`, the slot
+        // holds the initialised event of `sequence - capacity` (module docs), moved out
+        // exactly once, here.
         #[allow(unsafe_code)]
-        slot.with_mut(|ptr| unsafe { *ptr = Some(value) });
+        slot.with_mut(|ptr| unsafe {
+            let previous = occupied.then(|| (*ptr).assume_init_read());
+            (*ptr).write(value);
+            previous
+        })
+    }
+
+    /// Multi producer: waits until the slot's previous occupant was published (its
+    /// producer may have claimed it and not written it yet). Almost always immediate:
+    /// gating consumers already read it, unless none gates the ring.
+    #[cold]
+    #[inline(never)]
+    fn wait_previous_published(&self, index: usize, previous: i64) {
+        let mut tries = 0u32;
+        while self.available[index].load(Ordering::Acquire) != previous {
+            if tries < 100 {
+                tries += 1;
+                spin_loop();
+            } else {
+                yield_now();
+            }
+        }
     }
 
     /// Reads the slot of `sequence` through `f`.
@@ -204,14 +300,14 @@ impl<T> RingBuffer<T> {
     /// Callers must have observed `sequence` published and must hold a gating sequence
     /// below it until `f` returns; see the module docs.
     #[inline]
-    pub(super) fn read<R>(&self, sequence: i64, f: impl FnOnce(&T) -> R) -> Option<R> {
+    pub(super) fn read<R>(&self, sequence: i64, f: impl FnOnce(&T) -> R) -> R {
         let slot = &self.slots[(sequence & self.mask) as usize];
-        // SAFETY: `sequence` was published (Acquire), so its write happened before this
-        // read, and the caller's gating sequence keeps producers from rewriting the slot
-        // until the caller stores a sequence >= `sequence` after `f` returns. Concurrent
-        // readers only share `&T` (`T: Sync`).
+        // SAFETY: `sequence` was published (Acquire), so its write (which initialised
+        // the slot) happened before this read, and the caller's gating sequence keeps
+        // producers from rewriting the slot until the caller stores a sequence
+        // >= `sequence` after `f` returns. Concurrent readers only share `&T` (`T: Sync`).
         #[allow(unsafe_code)]
-        slot.with(|ptr| unsafe { (*ptr).as_ref().map(f) })
+        slot.with(|ptr| unsafe { f((*ptr).assume_init_ref()) })
     }
 
     /// A consumer finished everything up to its new sequence: wake producers waiting for
@@ -229,8 +325,9 @@ impl<T> RingBuffer<T> {
 
     /// Marks `lo..=hi` published.
     #[inline]
-    pub(super) fn publish_range(&self, lo: i64, hi: i64) {
-        if self.multi {
+    pub(super) fn publish_range<const MULTI: bool>(&self, lo: i64, hi: i64) {
+        debug_assert_eq!(MULTI, self.multi);
+        if MULTI {
             for sequence in lo..=hi {
                 // Release: the slot write above happens before a consumer's Acquire of it.
                 self.available[(sequence & self.mask) as usize].store(sequence, Ordering::Release);
@@ -258,6 +355,28 @@ impl<T> RingBuffer<T> {
             sequence += 1;
         }
         claimed
+    }
+}
+
+impl<T> Drop for RingBuffer<T> {
+    fn drop(&mut self) {
+        for (index, slot) in self.slots.iter().enumerate() {
+            // Which slots hold an event (module docs): with several producers, those
+            // whose availability flag shows a publication (each write is published);
+            // with one, the first `cursor + 1` (it writes in order and publishes what it
+            // wrote; a batch that panicked midway leaks what it wrote past the cursor).
+            let initialised = if self.multi {
+                self.available[index].load(Ordering::Acquire) != INITIAL
+            } else {
+                (index as i64) <= self.cursor.get()
+            };
+            if initialised {
+                // SAFETY: `&mut self`: no producer or consumer is left, and the slot holds
+                // an initialised event (above), dropped once.
+                #[allow(unsafe_code)]
+                slot.with_mut(|ptr| unsafe { (*ptr).assume_init_drop() });
+            }
+        }
     }
 }
 
