@@ -79,9 +79,14 @@ impl<T: Send + Sync> SingleProducer<T> {
             return Err(Full);
         }
         let lo = self.claimed + 1;
+        let mut hi = self.claimed;
         // In order, one at a time: if the iterator (or a replaced event's `Drop`)
         // panics, what was written stays unpublished and is written over next time.
-        let hi = self.ring.write_run(lo, values.take(n as usize));
+        for value in values.take(n as usize) {
+            let previous = self.ring.write::<false>(hi + 1, value);
+            hi += 1;
+            drop(previous);
+        }
         self.claimed = hi;
         if hi >= lo {
             self.ring.publish_range::<false>(lo, hi);

@@ -224,66 +224,40 @@ impl<T> RingBuffer<T> {
     pub(super) fn write<const MULTI: bool>(&self, sequence: i64, value: T) -> Option<T> {
         debug_assert_eq!(MULTI, self.multi);
         let index = (sequence & self.mask) as usize;
-        let occupied = sequence >= self.capacity() as i64;
-        if MULTI
-            && occupied
-            && self.available[index].load(Ordering::Acquire) != sequence - self.capacity() as i64
-        {
-            self.wait_previous_published(index, sequence - self.capacity() as i64);
+        let previous = sequence - self.capacity() as i64;
+        let occupied = previous >= 0;
+        if MULTI && occupied {
+            self.wait_previous_published(index, previous);
         }
-        Self::replace(&self.slots[index], occupied, value)
-    }
-
-    /// Single producer: writes `values` at `lo`, `lo + 1`, … (one pass, the slots and
-    /// mask kept in registers) and returns the last sequence written (`lo - 1` when the
-    /// iterator was empty). Same obligations as [`write`](Self::write), for every
-    /// sequence written; the replaced events are dropped here, each after its slot
-    /// holds the new one.
-    #[inline]
-    pub(super) fn write_run(&self, lo: i64, values: impl Iterator<Item = T>) -> i64 {
-        debug_assert!(!self.multi);
-        let slots = &*self.slots;
-        let (mask, capacity) = (self.mask, slots.len() as i64);
-        let mut hi = lo - 1;
-        for value in values {
-            let sequence = hi + 1;
-            let previous = Self::replace(
-                &slots[(sequence & mask) as usize],
-                sequence >= capacity,
-                value,
-            );
-            hi = sequence;
-            drop(previous);
-        }
-        hi
-    }
-
-    /// Puts `value` into `slot` and moves out the event it held when `occupied`.
-    #[inline(always)]
-    fn replace(slot: &UnsafeCell<MaybeUninit<T>>, occupied: bool, value: T) -> Option<T> {
         // An event without drop glue is simply written over.
-        let occupied = occupied && std::mem::needs_drop::<T>();
-        // SAFETY: the callers ([`write`], [`write_run`]) claimed the slot's sequence
-        // exclusively, and every consumer has released the slot's previous occupant
-        // (room checked with Acquire), as has its writer (single producer: this thread;
-        // multi producer: its publication observed with Acquire), so no other thread
-        // accesses this slot until the sequence is published. When `occupied`, the slot
-        // holds the initialised event of `sequence - capacity` (module docs), moved out
-        // exactly once, here.
+        let take_previous = occupied && std::mem::needs_drop::<T>();
+        // SAFETY: the caller claimed `sequence` exclusively, and every consumer has
+        // released the slot's previous occupant (room checked with Acquire), as has its
+        // writer (single producer: this thread; multi producer: its publication observed
+        // with Acquire just above), so no other thread accesses this slot until
+        // `sequence` is published. When `occupied`, the slot holds the initialised event
+        // of `sequence - capacity` (module docs), moved out exactly once, here.
         #[allow(unsafe_code)]
-        slot.with_mut(|ptr| unsafe {
-            let previous = occupied.then(|| (*ptr).assume_init_read());
+        self.slots[index].with_mut(|ptr| unsafe {
+            let replaced = take_previous.then(|| (*ptr).assume_init_read());
             (*ptr).write(value);
-            previous
+            replaced
         })
     }
 
     /// Multi producer: waits until the slot's previous occupant was published (its
     /// producer may have claimed it and not written it yet). Almost always immediate:
     /// gating consumers already read it, unless none gates the ring.
+    #[inline]
+    fn wait_previous_published(&self, index: usize, previous: i64) {
+        if self.available[index].load(Ordering::Acquire) != previous {
+            self.spin_until_published(index, previous);
+        }
+    }
+
     #[cold]
     #[inline(never)]
-    fn wait_previous_published(&self, index: usize, previous: i64) {
+    fn spin_until_published(&self, index: usize, previous: i64) {
         let mut tries = 0u32;
         while self.available[index].load(Ordering::Acquire) != previous {
             if tries < 100 {
