@@ -30,6 +30,9 @@ pub const DEAD_LETTERS: &str = "eda_dead_letters_total";
 pub const DROPPED: &str = "eda_dropped_total";
 /// Counter `{group}`: deliveries a deduplicator recognised as seen before.
 pub const DEDUP_HITS: &str = "eda_dedup_hits_total";
+/// Counter: live marks an in-memory dedup window evicted because it was full (their
+/// duplicates would pass; raise its capacity if this grows).
+pub const DEDUP_EVICTIONS: &str = "eda_dedup_evictions_total";
 /// Histogram `{topic}`: seconds a store took to commit one append batch.
 pub const STORE_APPEND_DURATION: &str = "eda_store_append_seconds";
 /// Histogram `{topic}`: records per committed append batch.
@@ -70,6 +73,7 @@ pub const ALL_METRICS: &[&str] = &[
     DEAD_LETTERS,
     DROPPED,
     DEDUP_HITS,
+    DEDUP_EVICTIONS,
     STORE_APPEND_DURATION,
     STORE_APPEND_BATCH,
     PUBLISH_WAITS,

@@ -1,5 +1,5 @@
 //! Idempotent consumption for [eda](https://docs.rs/eda): a dedup window keyed by event
-//! id (or a key of yours), in memory ([`MemoryDedup`], on moka) or in Redis
+//! id (or a key of yours), in memory ([`MemoryDedup`]) or in Redis
 //! (`RedisDedup`, feature `redis`), and [`DedupMiddleware`], which drops what a
 //! subscription's group already handled.
 //!

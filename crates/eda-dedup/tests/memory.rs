@@ -104,9 +104,85 @@ async fn memory_stays_bounded_at_ten_times_the_capacity() {
         "{} evictions",
         dedup.evictions()
     );
-    // LRU: the newest key is still there, the oldest is gone.
+    // The newest key is still there, the oldest is gone.
     assert!(!dedup.first_seen("k9999", now).await.unwrap());
     assert!(dedup.first_seen("k0", now).await.unwrap());
+}
+
+#[test]
+fn evictions_are_counted_as_a_metric() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let dedup = MemoryDedup::builder().max_capacity(10).build();
+    metrics::with_local_recorder(&recorder, || {
+        for i in 0..25 {
+            assert!(dedup.first_seen_now(&format!("k{i}"), Timestamp::now()));
+        }
+    });
+    let evicted: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == eda_core::observe::DEDUP_EVICTIONS)
+        .map(|(.., value)| value)
+        .collect();
+    assert_eq!(
+        evicted,
+        [metrics_util::debugging::DebugValue::Counter(15)],
+        "15 of 25 keys pushed out of a window of 10"
+    );
+}
+
+#[tokio::test]
+async fn the_key_marked_longest_ago_is_evicted_first() {
+    // 100 keys fit in one shard, so the order is exact.
+    let dedup = MemoryDedup::builder().max_capacity(100).build();
+    let now = Timestamp::now();
+    for i in 0..150 {
+        assert!(dedup.first_seen(&format!("k{i}"), now).await.unwrap());
+    }
+    assert_eq!(dedup.evictions(), 50);
+    for i in 50..150 {
+        assert!(
+            !dedup.first_seen(&format!("k{i}"), now).await.unwrap(),
+            "k{i} is among the 100 newest"
+        );
+    }
+    for i in 0..50 {
+        assert!(
+            dedup.first_seen(&format!("k{i}"), now).await.unwrap(),
+            "k{i} was evicted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_marks_leave_memory_as_new_keys_arrive() {
+    let clock = ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
+    let dedup = MemoryDedup::builder()
+        .window(Window::Arrival(Duration::from_secs(60)))
+        .clock(clock.clone())
+        .build();
+    for i in 0..1_000 {
+        assert!(
+            dedup
+                .first_seen(&format!("old{i}"), at(&clock))
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(dedup.len(), 1_000);
+    clock.advance(Duration::from_secs(61));
+    for i in 0..1_000 {
+        assert!(
+            dedup
+                .first_seen(&format!("new{i}"), at(&clock))
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(dedup.len(), 1_000, "only the live marks are held");
+    assert_eq!(dedup.evictions(), 0, "expiry is not eviction");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,11 @@ pub fn describe() {
         Unit::Count,
         "Deliveries recognised as duplicates and skipped, by group"
     );
+    describe_counter!(
+        DEDUP_EVICTIONS,
+        Unit::Count,
+        "Live marks a full in-memory dedup window evicted"
+    );
     describe_histogram!(
         STORE_APPEND_DURATION,
         Unit::Seconds,
