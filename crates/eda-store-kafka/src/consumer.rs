@@ -255,6 +255,7 @@ impl Coordinator {
             committed: 0,
             inflight: BTreeMap::new(),
             fetched: std::collections::VecDeque::new(),
+            fetcher: None,
             last_commit: Instant::now(),
         };
         let task = tokio::spawn(worker.run());
@@ -312,6 +313,9 @@ struct Worker {
     /// ~1 MiB, a full window takes fewer; the rest waits here instead of being fetched
     /// again.
     fetched: std::collections::VecDeque<rskafka::record::RecordAndOffset>,
+    /// This worker's own connection for fetching (made on first use, dropped after a
+    /// failed fetch): see `KafkaStore::fetch_client`.
+    fetcher: Option<rskafka::client::partition::PartitionClient>,
     last_commit: Instant,
 }
 
@@ -363,10 +367,25 @@ impl Worker {
                 .saturating_sub(self.inflight.len());
             if room > 0 && !self.release.is_cancelled() {
                 if self.fetched.is_empty() {
+                    let fetcher = match self.fetcher.take() {
+                        Some(fetcher) => fetcher,
+                        None => match tokio::select! {
+                            _ = self.stop.cancelled() => return Ok(()),
+                            made = self.store.fetch_client(&self.topic, self.partition) => made,
+                        } {
+                            Ok(fetcher) => fetcher,
+                            Err(e) => {
+                                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "kafka consumer: no connection for fetching; retrying");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                        },
+                    };
                     let fetched = tokio::select! {
                         _ = self.stop.cancelled() => return Ok(()),
-                        fetched = self.store.fetch(&self.topic, self.partition, self.next, wait) => fetched,
+                        fetched = self.store.fetch_from(&fetcher, self.next, wait) => fetched,
                     };
+                    self.fetcher = Some(fetcher);
                     match fetched {
                         Ok((records, _)) => {
                             let next = self.next;
@@ -374,6 +393,7 @@ impl Worker {
                                 .extend(records.into_iter().filter(|r| r.offset >= next));
                         }
                         Err(e) => {
+                            self.fetcher = None; // reconnect with fresh metadata
                             tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "kafka consumer: fetch failed; retrying");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
@@ -534,7 +554,10 @@ impl Worker {
         if lowest <= self.committed {
             return Ok(());
         }
-        if !force && !self.inflight.is_empty() && self.last_commit.elapsed() < COMMIT_EVERY {
+        // Every loop would be two writes to the coordination store per fetch: at a
+        // short fetch wait, thousands a second. Idle or not, commit at most this often
+        // (the final commit is forced).
+        if !force && self.last_commit.elapsed() < COMMIT_EVERY {
             return Ok(());
         }
         let coordination = self.store.coordination();

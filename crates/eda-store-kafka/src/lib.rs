@@ -111,7 +111,10 @@ impl KafkaStoreBuilder {
         self.lease_ttl = ttl.max(Duration::from_millis(300));
         self
     }
-    /// How long a fetch waits for new records (default 100 ms).
+    /// How long a fetch waits for new records (default 100 ms). A Kafka broker answers
+    /// as soon as records arrive; Tansu 0.6 holds every fetch for its whole wait, so
+    /// against Tansu this is a floor under latency (20 ms is a fair compromise there;
+    /// a few ms makes Tansu answer some fetches with no records).
     pub fn fetch_wait(mut self, wait: Duration) -> Self {
         self.fetch_wait = wait;
         self
@@ -144,11 +147,26 @@ impl KafkaStoreBuilder {
                 "static membership: member {member} of {members} (members are numbered 0 to n - 1)"
             )));
         }
+        let client = self.client().await?;
+        Ok(KafkaStore {
+            inner: Arc::new(Inner {
+                client,
+                options: self,
+                partitions: tokio::sync::Mutex::new(HashMap::new()),
+                created: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}
+
+impl KafkaStoreBuilder {
+    /// A client of its own (one connection per broker), bounded by the timeout.
+    async fn client(&self) -> Result<Client, StoreError> {
         let backoff = BackoffConfig {
             deadline: Some(self.timeout),
             ..BackoffConfig::default()
         };
-        let client = tokio::time::timeout(
+        tokio::time::timeout(
             self.timeout,
             ClientBuilder::new(self.brokers.clone())
                 .backoff_config(backoff)
@@ -162,15 +180,7 @@ impl KafkaStoreBuilder {
                 self.timeout
             ))
         })?
-        .map_err(unavailable)?;
-        Ok(KafkaStore {
-            inner: Arc::new(Inner {
-                client,
-                options: self,
-                partitions: tokio::sync::Mutex::new(HashMap::new()),
-                created: Mutex::new(HashSet::new()),
-            }),
-        })
+        .map_err(unavailable)
     }
 }
 
@@ -346,6 +356,17 @@ impl KafkaStore {
         wait: Duration,
     ) -> Result<(Vec<rskafka::record::RecordAndOffset>, i64), StoreError> {
         let client = self.partition(topic, partition).await?;
+        self.fetch_from(&client, offset, wait).await
+    }
+
+    /// [`fetch`](Self::fetch) through a given client (a consumer's own, from
+    /// [`fetch_client`](Self::fetch_client)).
+    pub(crate) async fn fetch_from(
+        &self,
+        client: &PartitionClient,
+        offset: i64,
+        wait: Duration,
+    ) -> Result<(Vec<rskafka::record::RecordAndOffset>, i64), StoreError> {
         tokio::time::timeout(
             self.inner.options.timeout + wait,
             // At least 1 ms: Tansu 0.6 answers a fetch with no wait with no topic at all.
@@ -353,6 +374,28 @@ impl KafkaStore {
         )
         .await
         .map_err(|_| unavailable("fetch timed out"))?
+        .map_err(unavailable)
+    }
+
+    /// A client of one partition on connections of its own, for a consumer's waiting
+    /// fetches. A broker answers the requests of one connection in order, so a fetch
+    /// waiting up to `fetch_wait` at the head of a partition holds back whatever was
+    /// sent after it on that connection: on the store's shared connection, every
+    /// produce and every other partition's fetch (a produce's p99 was the fetch wait,
+    /// ~100 ms, before consumers had their own).
+    pub(crate) async fn fetch_client(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionClient, StoreError> {
+        self.ensure_topic(topic).await?;
+        let client = self.inner.options.client().await?;
+        tokio::time::timeout(
+            self.inner.options.timeout,
+            client.partition_client(topic, partition, UnknownTopicHandling::Retry),
+        )
+        .await
+        .map_err(|_| unavailable("partition metadata timed out"))?
         .map_err(unavailable)
     }
 
