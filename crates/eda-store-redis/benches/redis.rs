@@ -56,8 +56,13 @@ async fn raw_xadd(store: &RedisStreamStore, key: &str, batch: &[RawEvent]) {
     let _: Vec<Value> = pipeline.all().await.unwrap();
 }
 
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 async fn append_rate(store: &RedisStreamStore, batch: usize, raw: bool) -> f64 {
-    let total = 100_000;
+    let total = 50_000;
     let data = records(total);
     let key = store.stream_key("raw");
     let start = Instant::now();
@@ -193,13 +198,19 @@ async fn main() {
         .await
         .unwrap();
     println!(
-        "\n| append, 100-byte payload | RedisStreamStore (idempotent, default) | idempotent_appends(false) | raw fred pipelined XADD | default ÷ raw | non-idempotent ÷ raw |"
+        "\n| append, 100-byte payload, median of 5 | RedisStreamStore (idempotent, default) | idempotent_appends(false) | raw fred pipelined XADD | default ÷ raw | non-idempotent ÷ raw |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
     for batch in [100usize, 1_000] {
-        let ours = append_rate(&store, batch, false).await;
-        let fast = append_rate(&plain, batch, false).await;
-        let raw = append_rate(&store, batch, true).await;
+        // Five alternating rounds, medians: one round swings by ±15 % on a shared
+        // machine, enough to pass or fail a 0.9 ratio by chance.
+        let (mut ours, mut fast, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            ours.push(append_rate(&store, batch, false).await);
+            fast.push(append_rate(&plain, batch, false).await);
+            raw.push(append_rate(&store, batch, true).await);
+        }
+        let (ours, fast, raw) = (median(ours), median(fast), median(raw));
         println!(
             "| batches of {batch} | {ours:.0} ev/s | {fast:.0} ev/s | {raw:.0} ev/s | {:.2} | {:.2} |",
             ours / raw,

@@ -9,6 +9,7 @@
 /// idempotence costs little beside the `XADD`s.
 pub(crate) const APPEND: &str = r#"
 local n = tonumber(ARGV[4])
+local trim = ARGV[2] ~= '' and ARGV[2] or nil
 local ids = {}
 for r = 1, n do ids[r] = ARGV[4 + r] end
 -- Lua's unpack takes a few thousand values at most: work in slices.
@@ -32,17 +33,13 @@ for r = 1, n do
   if existing then
     out[r] = existing
   else
-    local args = {KEYS[1]}
-    if ARGV[2] ~= '' then
-      args[#args + 1] = ARGV[2]
-      args[#args + 1] = '~'
-      args[#args + 1] = ARGV[3]
+    -- The entry's fields straight from ARGV: no table built per entry.
+    local sid
+    if trim then
+      sid = redis.call('XADD', KEYS[1], trim, '~', ARGV[3], '*', unpack(ARGV, i + 1, i + k))
+    else
+      sid = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + k))
     end
-    args[#args + 1] = '*'
-    for j = i + 1, i + k do
-      args[#args + 1] = ARGV[j]
-    end
-    local sid = redis.call('XADD', unpack(args))
     fresh[ids[r]] = sid
     marks[#marks + 1] = ids[r]
     marks[#marks + 1] = sid

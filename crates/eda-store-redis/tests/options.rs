@@ -108,12 +108,23 @@ async fn a_large_batch_appended_twice_is_stored_once() {
         .connect()
         .await
         .unwrap();
-    // More ids than one Lua `unpack` takes: the script works in slices.
+    // Many script calls in one transaction (chunks of 256 records), and a repeat in a
+    // later chunk than its first copy.
     let mut batch = orders(0..5_000);
-    batch.push(batch[17].clone()); // a repeat inside the batch too
+    batch.push(batch[17].clone());
     let first = store.append("orders", batch.clone()).await.unwrap();
     assert_eq!(first[5_000], first[17]);
     let again = store.append("orders", batch).await.unwrap();
     assert_eq!(again, first);
     assert_eq!(len(&store, "orders").await, 5_000);
+    // In the order appended.
+    let read = store.read("orders", ReadRange::default()).await.unwrap();
+    let ids: Vec<u64> = read
+        .iter()
+        .map(|(_, r)| {
+            let r = r.as_ref().unwrap();
+            r.decode::<OrderCreated>().unwrap().payload.order_id
+        })
+        .collect();
+    assert_eq!(ids, (0..5_000).collect::<Vec<_>>());
 }
