@@ -23,8 +23,8 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
-                 \x20                 ring stress (release), loom models, docs\n\
-                 bench [bus|ring|sqlite|redis|kafka|dedup|observe] [filter]\n\
+                 \x20                 ring stress (release), loom models, mpsc baseline, docs\n\
+                 bench [bus|ring|transport|sqlite|redis|kafka|dedup|observe] [filter]\n\
                  \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
                  services status  show which services answer"
@@ -190,6 +190,22 @@ fn ci() -> Result<(), String> {
             .env("LOOM_MAX_PREEMPTIONS", "2")
             .env("CARGO_TARGET_DIR", loom_target),
     )?;
+    // The benchmark-only transport baseline compiles and stays lint-clean.
+    run(
+        "the bus on the mpsc baseline (cfg eda_mpsc_baseline)",
+        cargo()
+            .args([
+                "clippy",
+                "-p",
+                "eda-dispatch",
+                "--benches",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("RUSTFLAGS", "--cfg eda_mpsc_baseline")
+            .env("CARGO_TARGET_DIR", root().join("target").join("mpsc")),
+    )?;
     run(
         "docs",
         cargo()
@@ -211,9 +227,13 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("observe", "eda-observe", "overhead"),
 ];
 
-/// `cargo xtask bench [bus|ring|sqlite|redis|kafka|dedup|observe] [filter]`: every
-/// benchmark program by default.
+/// `cargo xtask bench [bus|ring|transport|sqlite|redis|kafka|dedup|observe] [filter]`:
+/// every benchmark program by default (`transport` only when asked: it builds the bus a
+/// second time).
 fn bench(args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("transport") {
+        return bench_transport();
+    }
     let (benches, filter): (Vec<_>, &[String]) = match BENCHES
         .iter()
         .find(|(name, ..)| args.first().map(String::as_str) == Some(*name))
@@ -234,6 +254,83 @@ fn bench(args: &[String]) -> Result<(), String> {
         ]);
         cmd.args(filter);
         run(&format!("benchmark `{name}`"), &mut cmd)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench transport`: the whole bus on its rings against the same bus built
+/// with `--cfg eda_mpsc_baseline` (a bounded `tokio::sync::mpsc` channel per group in
+/// place of each topic's ring; own target directory), async scenarios of the `bus`
+/// bench, three runs of each build alternating, medians (issue 3's last target).
+fn bench_transport() -> Result<(), String> {
+    let mut rates: Vec<(String, [Vec<f64>; 2])> = Vec::new();
+    for round in 1..=3 {
+        for (i, baseline) in [false, true].into_iter().enumerate() {
+            let mut cmd = cargo();
+            cmd.args([
+                "bench",
+                "-p",
+                "eda-dispatch",
+                "--bench",
+                "bus",
+                "--",
+                "async",
+            ]);
+            if baseline {
+                cmd.env("RUSTFLAGS", "--cfg eda_mpsc_baseline");
+                cmd.env("CARGO_TARGET_DIR", root().join("target").join("mpsc"));
+            }
+            let what = if baseline { "mpsc baseline" } else { "ring" };
+            eprintln!("==> round {round}: the bus on the {what}");
+            let out = cmd
+                .output()
+                .map_err(|e| format!("bench transport: cannot start cargo: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "bench transport ({what}) failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            // Rows `| scenario | 2.91 M | (a) ... |`: the bus's own rate, once per scenario.
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                if cells.len() < 4 || !cells[3].starts_with("(a)") {
+                    continue;
+                }
+                let Some(rate) = cells[2]
+                    .strip_suffix(" M")
+                    .and_then(|m| m.parse::<f64>().ok())
+                else {
+                    continue;
+                };
+                let scenario = cells[1].to_owned();
+                match rates.iter_mut().find(|(s, _)| *s == scenario) {
+                    Some((_, r)) => r[i].push(rate * 1e6),
+                    None => {
+                        let mut r: [Vec<f64>; 2] = Default::default();
+                        r[i].push(rate * 1e6);
+                        rates.push((scenario, r));
+                    }
+                }
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "\n| whole bus, median of 3 | on rings, events/s | on an mpsc per group, events/s | rings ÷ mpsc | target |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (scenario, [ring, mpsc]) in rates {
+        let (ring, mpsc) = (median(ring), median(mpsc));
+        println!(
+            "| {scenario} | {:.2} M | {:.2} M | {:.2}× | ≥ 3× (1 group) |",
+            ring / 1e6,
+            mpsc / 1e6,
+            ring / mpsc
+        );
     }
     Ok(())
 }

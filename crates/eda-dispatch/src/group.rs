@@ -25,11 +25,10 @@ use tokio::sync::Notify;
 use crate::balancer::{Balancer, BalancerState, MemberLoad};
 use crate::gate::Gate;
 use crate::item::Item;
-use crate::ring::Consumer;
 use crate::runner::GroupMember;
 use crate::sink::Accepts;
 use crate::stats::{Counters, bump};
-use crate::topic::{Backpressure, Published, Topic, lock};
+use crate::topic::{Backpressure, Topic, lock};
 
 /// Events a processor reads from its ring at most at once.
 const MAX_BATCH: usize = 256;
@@ -196,7 +195,7 @@ type Done<M> = (usize, Option<String>, Option<Item<M>>);
 struct Processor<M, A> {
     group: Arc<Group<M, A>>,
     topic: Arc<Topic>,
-    consumer: Consumer<Published>,
+    consumer: crate::topic::GroupConsumer,
     version: u64,
     members: Vec<Arc<dyn GroupMember<M>>>,
     /// Weight and events in flight of each member, aligned with `members`.
@@ -226,7 +225,7 @@ where
     fn new(
         group: Arc<Group<M, A>>,
         topic: Arc<Topic>,
-        consumer: Consumer<Published>,
+        consumer: crate::topic::GroupConsumer,
         held: Arc<AtomicUsize>,
     ) -> Self {
         let balancer = BalancerState::new(group.balancer);

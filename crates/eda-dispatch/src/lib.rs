@@ -31,6 +31,8 @@ mod forward;
 mod gate;
 mod group;
 mod item;
+#[cfg(eda_mpsc_baseline)]
+mod mpsc_baseline;
 mod obs;
 mod options;
 mod pattern;

@@ -8,7 +8,24 @@ use std::time::Duration;
 
 use eda_core::{EventInfo, RawEvent};
 
-use crate::ring::{self, Consumer, MultiProducer, RingBuffer, Sequence};
+use crate::ring::Sequence;
+#[cfg(not(eda_mpsc_baseline))]
+use crate::ring::{self, Consumer, MultiProducer, RingBuffer};
+
+/// The topic's producer handle, its ring, and a group's consumer: the ring's types, or
+/// the mpsc baseline's under `--cfg eda_mpsc_baseline` (benchmarks only).
+#[cfg(not(eda_mpsc_baseline))]
+pub(crate) type TopicProducer = MultiProducer<Published>;
+#[cfg(not(eda_mpsc_baseline))]
+pub(crate) type TopicRing = Arc<RingBuffer<Published>>;
+#[cfg(not(eda_mpsc_baseline))]
+pub(crate) type GroupConsumer = Consumer<Published>;
+#[cfg(eda_mpsc_baseline)]
+pub(crate) type TopicProducer = Arc<crate::mpsc_baseline::Ring>;
+#[cfg(eda_mpsc_baseline)]
+pub(crate) type TopicRing = Arc<crate::mpsc_baseline::Ring>;
+#[cfg(eda_mpsc_baseline)]
+pub(crate) type GroupConsumer = crate::mpsc_baseline::Consumer;
 
 /// What publishers do when a group is a whole ring behind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -82,8 +99,8 @@ struct Attachment {
 
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
-    pub(crate) producer: MultiProducer<Published>,
-    pub(crate) ring: Arc<RingBuffer<Published>>,
+    pub(crate) producer: TopicProducer,
+    pub(crate) ring: TopicRing,
     pub(crate) dispatch_timeout: Duration,
     pub(crate) metrics: crate::obs::TopicMetrics,
     attached: Mutex<Vec<Attachment>>,
@@ -97,7 +114,13 @@ impl Topic {
         dispatch_timeout: Duration,
         observe: bool,
     ) -> Arc<Self> {
+        #[cfg(not(eda_mpsc_baseline))]
         let (producer, ring) = ring::multi_producer(capacity);
+        #[cfg(eda_mpsc_baseline)]
+        let (producer, ring) = {
+            let ring = crate::mpsc_baseline::Ring::new(capacity);
+            (ring.clone(), ring)
+        };
         Arc::new(Self {
             name: Arc::from(name),
             producer,
@@ -116,7 +139,7 @@ impl Topic {
     }
 
     /// A consumer for a group, registered for attribution of backpressure.
-    pub(crate) fn attach(&self, group: Arc<str>, policy: Backpressure) -> Consumer<Published> {
+    pub(crate) fn attach(&self, group: Arc<str>, policy: Backpressure) -> GroupConsumer {
         let consumer = self.ring.consumer();
         lock(&self.attached).push(Attachment {
             group,
