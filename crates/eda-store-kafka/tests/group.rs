@@ -208,3 +208,46 @@ async fn static_members_take_partitions_by_number() {
     assert_eq!(seen.0["a"].len(), 2);
     a.abort();
 }
+
+/// A consumer waiting at the head of its partitions does not hold appends back: its
+/// fetches wait on connections of their own. With a 3 s fetch wait, appends through
+/// the same store used to queue behind a waiting fetch on the shared connection for up
+/// to that long (the broker answers one connection's requests in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_do_not_wait_behind_a_consumers_fetch() {
+    let Some(()) = require("kafka appends beside a waiting fetch", &kafka_brokers()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let coordination = Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let store = KafkaStore::builder([kafka_brokers()], coordination)
+        .partitions(1)
+        .fetch_wait(Duration::from_secs(3))
+        .connect()
+        .await
+        .unwrap();
+    let topic = format!("beside-{:08x}", fastrand::u32(..));
+    store.append(&topic, jobs(0..1)).await.unwrap();
+    let seen: Seen = Arc::default();
+    let consumer = consume(store.clone(), topic.clone(), "a", seen.clone());
+    // The first record delivered: the worker now sits in a 3 s fetch at the head.
+    let started = std::time::Instant::now();
+    while seen.lock().unwrap().1.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 1..6 {
+        let started = std::time::Instant::now();
+        store.append(&topic, jobs(n..n + 1)).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1500),
+            "append {n} took {took:?}: queued behind the consumer's fetch"
+        );
+    }
+    consumer.abort();
+}
