@@ -111,8 +111,9 @@ struct Mark {
 }
 
 /// A queue entry: the key, the sequence of the mark it was pushed for, and the mark's
-/// expiry then. `confirm` may move a live mark's expiry in place; the queue keeps the
-/// old one, which only decides when the map is consulted about this entry.
+/// expiry as last seen. `confirm` moves a live mark's expiry in the map only; the
+/// entry catches up when it reaches the front (its expiry only decides when the map is
+/// consulted about it).
 #[derive(Clone, Copy)]
 struct Queued {
     key: KeyHash,
@@ -200,7 +201,14 @@ impl Shard {
                 _ => None, // marked again later, or forgotten: a stale entry
             };
             match own {
-                Some(mark) if mark.until > now && !over => break, // extended: keep
+                Some(mark) if mark.until > now && !over => {
+                    // Extended by `confirm` (a claim confirmed for the window): keep its
+                    // place, and note its expiry so the map is not asked again until then.
+                    if let Some(front) = self.order.front_mut() {
+                        front.until = mark.until;
+                    }
+                    break;
+                }
                 Some(mark) => {
                     self.marks.remove(&front.key);
                     if mark.until > now {
@@ -393,6 +401,27 @@ mod tests {
         let queued: usize = dedup.inner.shards.iter().map(|s| lock(s).order.len()).sum();
         assert!(queued <= 2 * 64 + 64, "{queued} queue entries for no mark");
         assert!(dedup.is_empty());
+    }
+
+    #[test]
+    fn a_confirmed_claim_outlives_its_hold_and_is_looked_up_once() {
+        let clock = crate::ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
+        let dedup = MemoryDedup::builder()
+            .max_capacity(200) // one shard: "a" is at the front of its queue
+            .clock(clock.clone())
+            .build();
+        let now = || clock.now().unix_millis();
+        assert!(dedup.mark_if_new("a", now() + 10_000, now())); // a 10 s claim
+        let window = now() + 300_000;
+        let hash = dedup.hash("a");
+        dedup.shard(hash).set(hash, window, now()); // confirmed for 5 minutes
+        clock.advance(std::time::Duration::from_secs(20));
+        for i in 0..50 {
+            assert!(dedup.first_seen_now(&format!("k{i}"), clock.now()));
+        }
+        assert!(!dedup.first_seen_now("a", clock.now()), "still marked");
+        let shard = dedup.shard(hash);
+        assert_eq!(shard.order.front().map(|q| q.until), Some(window));
     }
 
     #[test]
