@@ -16,8 +16,8 @@
 //! * marks carry their own expiry by the injected [`Clock`]; expired marks at the front
 //!   of a queue are dropped as new keys arrive, so memory follows the live keys.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -128,12 +128,6 @@ struct Shard {
     next_seq: u64,
 }
 
-/// Decision of [`Shard::mark_if_new`].
-enum Marked {
-    New,
-    Duplicate,
-}
-
 impl Shard {
     fn new(capacity: usize) -> Self {
         Self {
@@ -144,40 +138,30 @@ impl Shard {
         }
     }
 
-    fn push(&mut self, key: KeyHash, until: i64) -> Mark {
-        let mark = Mark {
-            until,
-            seq: self.next_seq,
-        };
+    /// A new mark for `key` (replacing any expired or forgotten one) at the back of the
+    /// queue.
+    fn mark(&mut self, key: KeyHash, until: i64) {
+        let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.push_back(Queued {
-            key,
-            seq: mark.seq,
-            until,
-        });
-        mark
+        self.order.push_back(Queued { key, seq, until });
+        self.marks.insert(key, Mark { until, seq });
     }
 
-    fn mark_if_new(&mut self, key: KeyHash, until: i64, now: i64) -> Marked {
-        match self.marks.get(&key) {
-            Some(mark) if mark.until > now => return Marked::Duplicate,
-            _ => {}
+    /// Marks `key` unless a live mark exists; `true` when it marked.
+    fn mark_if_new(&mut self, key: KeyHash, until: i64, now: i64) -> bool {
+        if self.marks.get(&key).is_some_and(|mark| mark.until > now) {
+            return false;
         }
-        let mark = self.push(key, until);
-        self.marks.insert(key, mark);
-        Marked::New
+        self.mark(key, until);
+        true
     }
 
     /// Sets the mark to `until`, keeping its place in the queue when it is live.
     fn set(&mut self, key: KeyHash, until: i64, now: i64) {
-        let fresh = match self.marks.entry(key) {
-            Entry::Occupied(mut held) if held.get().until > now => {
-                held.get_mut().until = until;
-                return;
-            }
-            Entry::Occupied(_) | Entry::Vacant(_) => self.push(key, until),
-        };
-        self.marks.insert(key, fresh);
+        match self.marks.get_mut(&key) {
+            Some(held) if held.until > now => held.until = until,
+            _ => self.mark(key, until),
+        }
     }
 
     fn forget(&mut self, key: KeyHash) {
@@ -300,18 +284,17 @@ impl MemoryDedup {
     fn mark_if_new(&self, key: &str, until: i64, now: i64) -> bool {
         let key = self.hash(key);
         let mut shard = self.shard(key);
-        match shard.mark_if_new(key, until, now) {
-            Marked::Duplicate => false,
-            Marked::New => {
-                let evicted = shard.trim(now);
-                drop(shard);
-                self.count_evictions(evicted);
-                true
-            }
+        let marked = shard.mark_if_new(key, until, now);
+        if marked {
+            self.trim(shard, now);
         }
+        marked
     }
 
-    fn count_evictions(&self, evicted: u64) {
+    /// Trims a shard that just took a mark, then counts its evictions outside the lock.
+    fn trim(&self, mut shard: MutexGuard<'_, Shard>, now: i64) {
+        let evicted = shard.trim(now);
+        drop(shard);
         if evicted > 0 {
             self.inner.evictions.fetch_add(evicted, Ordering::Relaxed);
             metrics::counter!(eda_core::observe::DEDUP_EVICTIONS).increment(evicted);
@@ -369,9 +352,7 @@ impl Deduplicator for MemoryDedup {
         let mut shard = self.shard(hash);
         if until > now {
             shard.set(hash, until, now);
-            let evicted = shard.trim(now);
-            drop(shard);
-            self.count_evictions(evicted);
+            self.trim(shard, now);
         } else {
             shard.forget(hash);
         }

@@ -157,9 +157,7 @@ impl KafkaStoreBuilder {
             }),
         })
     }
-}
 
-impl KafkaStoreBuilder {
     /// A client of its own (one connection per broker), bounded by the timeout.
     async fn client(&self) -> Result<Client, StoreError> {
         let backoff = BackoffConfig {
@@ -288,17 +286,10 @@ impl KafkaStore {
         if let Some(c) = self.inner.partitions.lock().await.get(&key) {
             return Ok(c.clone());
         }
-        self.ensure_topic(topic).await?;
-        let client = tokio::time::timeout(
-            self.inner.options.timeout,
-            self.inner
-                .client
-                .partition_client(topic, partition, UnknownTopicHandling::Retry),
-        )
-        .await
-        .map_err(|_| unavailable("partition metadata timed out"))?
-        .map_err(unavailable)?;
-        let client = Arc::new(client);
+        let client = Arc::new(
+            self.partition_client_on(&self.inner.client, topic, partition)
+                .await?,
+        );
         self.inner
             .partitions
             .lock()
@@ -388,8 +379,19 @@ impl KafkaStore {
         topic: &str,
         partition: i32,
     ) -> Result<PartitionClient, StoreError> {
-        self.ensure_topic(topic).await?;
         let client = self.inner.options.client().await?;
+        self.partition_client_on(&client, topic, partition).await
+    }
+
+    /// The client of one partition through `client`'s connections, the topic created
+    /// first if needed.
+    async fn partition_client_on(
+        &self,
+        client: &Client,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionClient, StoreError> {
+        self.ensure_topic(topic).await?;
         tokio::time::timeout(
             self.inner.options.timeout,
             client.partition_client(topic, partition, UnknownTopicHandling::Retry),

@@ -707,19 +707,15 @@ impl EventStore for RedisStreamStore {
                 }
                 encoded.push((r.id.to_string(), fields));
             }
-            let args = |chunk: &mut dyn ExactSizeIterator<
-                Item = (String, Vec<(String, eda_core::Bytes)>),
-            >| {
-                let mut args: Vec<Value> = Vec::with_capacity(4 + chunk.len() * 17);
+            // ARGV of the append script for `records` (see scripts::APPEND).
+            let args = |records: Vec<(String, Vec<(String, eda_core::Bytes)>)>| {
+                let mut args: Vec<Value> = Vec::with_capacity(4 + records.len() * 17);
                 args.push(((window * 2) as i64).into());
-                args.push(trim.clone().into());
-                args.push(value.clone().into());
-                args.push((chunk.len() as i64).into());
-                let mut entries = Vec::with_capacity(chunk.len());
-                for (id, fields) in chunk {
-                    args.push(id.into());
-                    entries.push(fields);
-                }
+                args.push(trim.as_str().into());
+                args.push(value.as_str().into());
+                args.push((records.len() as i64).into());
+                let (ids, entries): (Vec<String>, Vec<_>) = records.into_iter().unzip();
+                args.extend(ids.into_iter().map(Value::from));
                 for fields in entries {
                     args.push(((fields.len() * 2) as i64).into());
                     for (name, value) in fields {
@@ -733,27 +729,24 @@ impl EventStore for RedisStreamStore {
                 self.inner
                     .scripts
                     .append
-                    .evalsha_with_reload(&self.inner.client, keys, args(&mut encoded.into_iter()))
+                    .evalsha_with_reload(&self.inner.client, keys, args(encoded))
                     .await
                     .map_err(unavailable)?
             } else {
                 // A large batch as several script calls in one MULTI/EXEC: still atomic
                 // (nothing runs between them), and Redis parses each chunk as it
                 // arrives instead of waiting for one call of ~20 arguments per record
-                // (batches of 1,000: 0.68-0.70 of raw pipelined XADDs as one call, 0.89-0.91 in chunks of 256; 64, 128 and 512 did worse).
-                // EVAL, not EVALSHA: a script missing after a restart would fail inside
-                // EXEC, after the chunks before it ran.
+                // (batches of 1,000: 0.68-0.70 of raw pipelined XADDs as one call,
+                // 0.89-0.91 in chunks of 256; 64, 128 and 512 did worse). EVAL, not
+                // EVALSHA: a script missing after a restart would fail inside EXEC,
+                // after the chunks before it ran.
                 let tx = self.inner.client.multi();
-                let mut records = encoded.into_iter();
-                while records.len() > 0 {
-                    let mut chunk = records
-                        .by_ref()
-                        .take(APPEND_CHUNK)
-                        .collect::<Vec<_>>()
-                        .into_iter();
+                let mut rest = encoded;
+                while !rest.is_empty() {
+                    let chunk: Vec<_> = rest.drain(..rest.len().min(APPEND_CHUNK)).collect();
                     let mut eval: Vec<Value> = vec![scripts::APPEND.into(), 3i64.into()];
                     eval.extend(keys.iter().map(|k| Value::from(k.as_str())));
-                    eval.extend(args(&mut chunk));
+                    eval.extend(args(chunk));
                     let queued: Result<(), _> = tx.custom(EVAL.clone(), eval).await;
                     queued.map_err(unavailable)?;
                 }
