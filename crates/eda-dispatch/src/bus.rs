@@ -1,6 +1,7 @@
 //! [`Bus`]: the in-process event bus.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -657,12 +658,12 @@ impl Bus {
 
     /// Runs the synchronous groups and returns the topic for the asynchronous ones,
     /// and the type's published counter.
-    fn run_sync(
+    fn run_sync<'r>(
         &self,
+        routing: &'r Routing,
         offer: &Offer<'_>,
         failures: &mut Vec<SyncFailure>,
-    ) -> (Option<Arc<Topic>>, metrics::Counter) {
-        let routing = self.inner.routing.load();
+    ) -> (Option<Cow<'r, Arc<Topic>>>, Cow<'r, metrics::Counter>) {
         match routing.by_type.get(offer.event_type) {
             Some(route) => {
                 for sink in &route.sinks {
@@ -671,21 +672,23 @@ impl Bus {
                     }
                 }
                 let published = match &route.published {
-                    Some(counter) => counter.clone(),
-                    None => self.register_published(offer.event_type),
+                    Some(counter) => Cow::Borrowed(counter),
+                    None => Cow::Owned(self.register_published(offer.event_type)),
                 };
-                (route.topic.clone(), published)
+                (route.topic.as_ref().map(Cow::Borrowed), published)
             }
             // First event of a type while pattern groups exist: they need its topic.
             None if routing.patterns => {
-                drop(routing);
                 let topic = {
                     let mut registry = lock(&self.inner.registry);
                     self.ensure_topic(&mut registry, offer.event_type, None)
                 };
-                (Some(topic), self.register_published(offer.event_type))
+                (
+                    Some(Cow::Owned(topic)),
+                    Cow::Owned(self.register_published(offer.event_type)),
+                )
             }
-            None => (None, self.register_published(offer.event_type)),
+            None => (None, Cow::Owned(self.register_published(offer.event_type))),
         }
     }
 
@@ -773,7 +776,12 @@ impl Bus {
         event: Arc<dyn EventInfo>,
     ) -> Result<(), PublishError> {
         let mut failures = Vec::new();
-        let (topic, published) = self.run_sync(offer, &mut failures);
+        // Owned, not borrowed from the routing snapshot: it is not held across `await`.
+        let (topic, published) = {
+            let routing = self.inner.routing.load();
+            let (topic, published) = self.run_sync(&routing, offer, &mut failures);
+            (topic.map(Cow::into_owned), published.into_owned())
+        };
         if let Some(topic) = topic {
             self.append(&topic, event, true).await?;
         }
@@ -787,7 +795,9 @@ impl Bus {
         event: Arc<dyn EventInfo>,
     ) -> Result<(), PublishError> {
         let mut failures = Vec::new();
-        let (topic, published) = self.run_sync(offer, &mut failures);
+        // Borrowed from the snapshot: no reference count touched per publish.
+        let routing = self.inner.routing.load();
+        let (topic, published) = self.run_sync(&routing, offer, &mut failures);
         if let Some(topic) = topic {
             // Never waits (wait = false), so the future completes on its first poll.
             let append = std::pin::pin!(self.append(&topic, event, false));
@@ -798,6 +808,7 @@ impl Bus {
             }
         }
         published.increment(1);
+        drop(routing);
         self.finish(offer, failures)
     }
 

@@ -38,6 +38,8 @@
 
 mod backlog;
 mod describe;
+#[cfg(feature = "prometheus")]
+mod local;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 #[cfg(feature = "otlp")]
@@ -49,6 +51,8 @@ pub use backlog::BacklogSampler;
 pub use describe::describe;
 /// The names of the metrics eda records (re-exported from `eda-core`).
 pub use eda_core::observe as names;
+#[cfg(feature = "prometheus")]
+pub use metrics_exporter_prometheus::Matcher;
 #[cfg(feature = "opentelemetry")]
 pub use otel::{BusBuilderExt, OtelPropagation};
 #[cfg(feature = "otlp")]

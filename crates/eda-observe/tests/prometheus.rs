@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eda_core::{Context, Envelope, Event, HandlerError};
 use eda_dispatch::{Bus, RetryPolicy, SubscribeOptions};
-use eda_observe::{BacklogSampler, PrometheusExporter};
+use eda_observe::{BacklogSampler, Matcher, PrometheusExporter};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -54,9 +54,18 @@ async fn the_exporter_serves_the_bus_metrics_and_promtool_accepts_them() {
     let prometheus = PrometheusExporter::new()
         .listen(address)
         .global_label("service", "observe-test")
+        .buckets(Matcher::Full("app_batch".into()), &[1.0, 10.0])
         .install()
         .unwrap();
     assert_eq!(prometheus.address(), Some(address));
+    // The application's own metrics share the recorder: a histogram with buckets of its
+    // own, one without (a summary), a gauge.
+    metrics::describe_histogram!("app_batch", "Items per batch.");
+    metrics::describe_histogram!("app_latency", "Seconds per request.");
+    metrics::describe_gauge!("app_queue_depth", "Requests waiting.");
+    metrics::histogram!("app_batch").record(5.0);
+    metrics::histogram!("app_latency").record(0.5);
+    metrics::gauge!("app_queue_depth").set(7.0);
 
     let bus = Bus::builder().build();
     // n % 4: 0 ok, 1 fails once then succeeds, 2 always fails (dead letter), 3 panics once.
@@ -153,6 +162,18 @@ async fn the_exporter_serves_the_bus_metrics_and_promtool_accepts_them() {
         "{text}"
     );
     assert!(text.contains(r#"eda_handle_duration_seconds_bucket{service="observe-test",group="workers",le="0.00001"}"#), "{text}");
+    assert_eq!(
+        value(r#"app_batch_bucket{service="observe-test",le="1"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"app_batch_bucket{service="observe-test",le="10"}"#),
+        1.0
+    );
+    // A summary's quantiles are estimates (relative error well under 1 %).
+    let median = value(r#"app_latency{service="observe-test",quantile="0.5"}"#);
+    assert!((median - 0.5).abs() < 0.005, "{median}");
+    assert_eq!(value(r#"app_queue_depth{service="observe-test"}"#), 7.0);
 
     // promtool, the reference linter of the exposition format.
     let Some(promtool) = promtool() else {
