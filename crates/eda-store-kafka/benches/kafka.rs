@@ -2,12 +2,15 @@
 //!
 //! Run with `cargo xtask bench kafka` (or `cargo bench -p eda-store-kafka --bench
 //! kafka`); needs a broker at `EDA_KAFKA_BROKERS` (default `127.0.0.1:19092`, Tansu
-//! from `cargo xtask services up`). Group state in a temp SQLite file.
+//! from `cargo xtask services up`). Group state in a temp SQLite file. An argument
+//! (`produce`, `consume`, `latency`) runs that part alone.
 //!
 //! * Produce: 100-byte payloads, batches of 100 and 1,000 records, all of one key (one
 //!   partition), through `KafkaStore::append` and as raw rskafka records of the same
 //!   headers produced to the same partition.
-//! * Consume+ack: 100,000 records over 4 partitions, one consumer.
+//! * Consume+ack: 100,000 records over 4 partitions, one consumer; then the same
+//!   records fetched with raw rskafka (4 partitions in parallel, no decoding): what the
+//!   broker can serve at all.
 //! * Latency: publish→handled at 10,000 events/s for 5 s (batches of 10 each ms, each
 //!   appended on its own task), p50/p99, and the publish rate reached.
 
@@ -75,6 +78,47 @@ async fn consume_rate(store: &KafkaStore, topic: &str) -> f64 {
     let start = Instant::now();
     for _ in 0..total {
         s.next().await.unwrap().unwrap().ack().await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The broker's ceiling for the consume row: the records of `topic` fetched with raw
+/// rskafka, its 4 partitions in parallel, each on a connection of its own (as the store's
+/// partition workers fetch), ~1 MiB a fetch, no decoding, no offsets kept.
+async fn raw_fetch_rate(brokers: &str, topic: &str) -> f64 {
+    use rskafka::client::ClientBuilder;
+    use rskafka::client::partition::UnknownTopicHandling;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|partition| {
+            let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+            tokio::spawn(async move {
+                let client = ClientBuilder::new(vec![brokers]).build().await.unwrap();
+                let client = client
+                    .partition_client(topic, partition, UnknownTopicHandling::Error)
+                    .await
+                    .unwrap();
+                let (mut offset, mut n) = (0, 0);
+                loop {
+                    // The store's fetch: up to 1 MiB, waiting up to its default 100 ms.
+                    let (records, high_watermark) = client
+                        .fetch_records(offset, 1..1_048_576, 100)
+                        .await
+                        .unwrap();
+                    n += records.len();
+                    if let Some(last) = records.last() {
+                        offset = last.offset + 1;
+                    }
+                    if offset >= high_watermark {
+                        break n;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.unwrap();
     }
     total as f64 / start.elapsed().as_secs_f64()
 }
@@ -176,27 +220,46 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("this benchmark needs a broker at {brokers}: {e}"));
     let run = format!("{:08x}", fastrand::u32(..));
+    // `produce`, `consume` or `latency` runs that part alone.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |part: &str| filter.as_deref().is_none_or(|f| part.starts_with(f));
 
-    println!(
-        "\n| produce, 100-byte payload, one partition | KafkaStore | raw rskafka | store ÷ raw |"
-    );
-    println!("|---|---:|---:|---:|");
-    for batch in [100usize, 1_000] {
-        // Three alternating rounds, best of each (a shared machine, a growing log).
-        let (mut ours, mut raw) = (0f64, 0f64);
-        for round in 0..3 {
-            let topic = format!("bench-ours-{batch}-{round}-{run}");
-            ours = ours.max(produce_rate(&store, &topic, batch, false).await);
-            let topic = format!("bench-raw-{batch}-{round}-{run}");
-            raw = raw.max(produce_rate(&store, &topic, batch, true).await);
-        }
+    if wanted("produce") {
         println!(
-            "| batches of {batch} | {ours:.0} rec/s | {raw:.0} rec/s | {:.2} |",
-            ours / raw
+            "\n| produce, 100-byte payload, one partition | KafkaStore | raw rskafka | store ÷ raw |"
+        );
+        println!("|---|---:|---:|---:|");
+        for batch in [100usize, 1_000] {
+            // Three alternating rounds, best of each (a shared machine, a growing log).
+            let (mut ours, mut raw) = (0f64, 0f64);
+            for round in 0..3 {
+                let topic = format!("bench-ours-{batch}-{round}-{run}");
+                ours = ours.max(produce_rate(&store, &topic, batch, false).await);
+                let topic = format!("bench-raw-{batch}-{round}-{run}");
+                raw = raw.max(produce_rate(&store, &topic, batch, true).await);
+            }
+            println!(
+                "| batches of {batch} | {ours:.0} rec/s | {raw:.0} rec/s | {:.2} |",
+                ours / raw
+            );
+        }
+    }
+    if wanted("consume") {
+        let topic = format!("bench-consume-{run}");
+        let consumed = consume_rate(&store, &topic).await;
+        let fetched = raw_fetch_rate(&brokers, &topic).await;
+        println!(
+            "\n| consume + ack, 4 partitions, one consumer | KafkaStore | raw rskafka fetch of the same records | store ÷ raw |"
+        );
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| 100,000 records | {consumed:.0} rec/s | {fetched:.0} rec/s | {:.2} |",
+            consumed / fetched
         );
     }
-    let consumed = consume_rate(&store, &format!("bench-consume-{run}")).await;
-    println!("\n| consume + ack, 4 partitions, one consumer | {consumed:.0} rec/s |");
+    if !wanted("latency") {
+        return;
+    }
     println!(
         "\n| publish → handled at 10k events/s, one consumer | rate reached | p50 | p99 | append p99 |"
     );

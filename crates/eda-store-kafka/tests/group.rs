@@ -251,3 +251,86 @@ async fn appends_do_not_wait_behind_a_consumers_fetch() {
     }
     consumer.abort();
 }
+
+/// Attempt counts after a crash, per record: a record in hand when its consumer died
+/// counts that delivery, one never delivered starts at 1, in one batch (first
+/// deliveries only raise the partition's delivered mark; redeliveries are counted per
+/// record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_after_a_crash_count_only_what_was_delivered() {
+    let Some(()) = require("kafka attempts after a crash", &kafka_brokers()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let coordination: Arc<SqliteStore> =
+        Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let store = KafkaStore::builder([kafka_brokers()], coordination)
+        .partitions(1)
+        .lease_ttl(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    let topic = format!("attempts-{:08x}", fastrand::u32(..));
+    store.append(&topic, jobs(0..4)).await.unwrap();
+    let options = |batch_size| ConsumeOptions {
+        start: StartFrom::Beginning,
+        batch_size,
+        visibility_timeout: Duration::from_secs(30),
+        ..ConsumeOptions::default()
+    };
+    let number = |d: &eda_core::Delivery| {
+        d.record
+            .as_ref()
+            .unwrap()
+            .decode::<Job>()
+            .unwrap()
+            .payload
+            .n
+    };
+    let next = async |s: &mut eda_core::DeliveryStream| {
+        tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("a delivery within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+
+    // A window of 2: jobs 0 and 1 are handed out (and nothing more while neither is
+    // acked), then the consumer dies with both in hand; 2 and 3 were never delivered.
+    let mut first = store
+        .subscribe(&topic, "g", "first", options(2))
+        .await
+        .unwrap();
+    let (zero, one) = (next(&mut first).await, next(&mut first).await);
+    assert_eq!((number(&zero), zero.attempt), (0, 1));
+    assert_eq!((number(&one), one.attempt), (1, 1));
+    drop((zero, one));
+    drop(first);
+
+    // The next consumer gets 0 and 1 (their second delivery) and 2, 3 (their first),
+    // in one window; it acks all but 1.
+    let mut second = store
+        .subscribe(&topic, "g", "second", options(10))
+        .await
+        .unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let d = next(&mut second).await;
+        attempts.push((number(&d), d.attempt));
+        if number(&d) != 1 {
+            d.ack().await.unwrap();
+        }
+    }
+    assert_eq!(attempts, vec![(0, 2), (1, 2), (2, 1), (3, 1)]);
+    store.flush().await.unwrap();
+    drop(second);
+
+    // And once more for the record that keeps killing its consumer.
+    let mut third = store
+        .subscribe(&topic, "g", "third", options(10))
+        .await
+        .unwrap();
+    let d = next(&mut third).await;
+    assert_eq!((number(&d), d.attempt), (1, 3));
+    d.ack().await.unwrap();
+}

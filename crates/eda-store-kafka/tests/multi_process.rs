@@ -40,11 +40,13 @@ async fn store(coordination: &Path) -> KafkaStore {
         .unwrap()
 }
 
-fn child(name: &str, topic: &str, dir: &Path, slow: bool) -> Child {
+/// A child process taking `pace` over each of its first `paced` records (so that
+/// neither finishes every partition before the other has its share: unpaced, one
+/// consumer drains the topic in tens of milliseconds).
+fn child(name: &str, topic: &str, dir: &Path, pace: Duration, paced: usize) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    if slow {
-        cmd.env("EDA_KAFKA_MP_SLOW", "1");
-    }
+    cmd.env("EDA_KAFKA_MP_PACE_US", pace.as_micros().to_string())
+        .env("EDA_KAFKA_MP_PACED", paced.to_string());
     cmd.args([
         "--exact",
         "kafka_mp_child",
@@ -72,8 +74,8 @@ fn lines(path: &Path) -> Vec<(u64, String)> {
 }
 
 /// A child: consume group `g` as consumer `EDA_KAFKA_MP_NAME`, log `<n> <partition>`
-/// per handled record (one write each), then ack; `EDA_KAFKA_MP_SLOW` handles slowly (so
-/// it is killed with work in flight). Runs until the group has nothing left.
+/// per handled record (one write each), then ack; each of its first `EDA_KAFKA_MP_PACED`
+/// records takes `EDA_KAFKA_MP_PACE_US` microseconds at least. Runs until the group has nothing left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_mp_child() {
     let Ok(topic) = std::env::var("EDA_KAFKA_MP_TOPIC") else {
@@ -81,7 +83,17 @@ async fn kafka_mp_child() {
     };
     let dir = std::path::PathBuf::from(std::env::var_os("EDA_KAFKA_MP_DIR").unwrap());
     let name = std::env::var("EDA_KAFKA_MP_NAME").unwrap();
-    let slow = std::env::var_os("EDA_KAFKA_MP_SLOW").is_some();
+    let pace = Duration::from_micros(
+        std::env::var("EDA_KAFKA_MP_PACE_US")
+            .ok()
+            .and_then(|us| us.parse().ok())
+            .unwrap_or(0),
+    );
+    let paced: usize = std::env::var("EDA_KAFKA_MP_PACED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let mut handled = 0;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -109,9 +121,10 @@ async fn kafka_mp_child() {
                     .payload
                     .n;
                 let partition = d.position.as_str().split(':').next().unwrap().to_owned();
-                if slow {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                if handled < paced {
+                    tokio::time::sleep(pace).await;
                 }
+                handled += 1;
                 log.write_all(format!("{n} {partition}\n").as_bytes())
                     .unwrap();
                 d.ack().await.unwrap();
@@ -156,9 +169,16 @@ async fn a_killed_consumer_process_hands_its_partitions_over() {
         producer.append(&topic, records).await.unwrap();
     }
     let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    // `a` is slow, so it is killed with partitions unfinished; `b` runs to the end.
-    let mut a = child("a", &topic, dir.path(), true);
-    let mut b = child("b", &topic, dir.path(), false);
+    // `a` is slow, so it is killed with partitions unfinished; `b` is paced until both
+    // have a share, then runs to the end.
+    let mut a = child(
+        "a",
+        &topic,
+        dir.path(),
+        Duration::from_millis(2),
+        usize::MAX,
+    );
+    let mut b = child("b", &topic, dir.path(), Duration::from_millis(1), 3_000);
     // Both at work (the first to start takes every partition, then hands half over
     // once the other is counted).
     let started = Instant::now();
