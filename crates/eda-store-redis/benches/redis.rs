@@ -2,7 +2,8 @@
 //!
 //! Run with `cargo xtask bench redis` (or `cargo bench -p eda-store-redis --bench redis`);
 //! needs Redis at `EDA_REDIS_URL` (default `redis://127.0.0.1:6379`). Keys live under a
-//! fresh prefix and are deleted at the end.
+//! fresh prefix and are deleted at the end. An argument (`append`, `consume`, `latency`)
+//! runs that part alone.
 //!
 //! * Append: 100-byte payloads in batches of 100 and 1,000 through
 //!   `RedisStreamStore::append` (one Lua script per batch: dedup key + `XADD` per
@@ -198,52 +199,62 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("this benchmark needs Redis at {url}: {e}"));
 
+    // `append`, `consume` or `latency` runs that part alone.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |part: &str| filter.as_deref().is_none_or(|f| part.starts_with(f));
+
     let plain = RedisStreamStore::builder(&url)
         .key_prefix(&prefix)
         .idempotent_appends(false)
         .connect()
         .await
         .unwrap();
-    println!(
-        "\n| append, 100-byte payload, median of 5 | RedisStreamStore (idempotent, default) | idempotent_appends(false) | raw fred pipelined XADD | default ÷ raw | non-idempotent ÷ raw |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for batch in [100usize, 1_000] {
-        // Five alternating rounds, medians: one round swings by ±15 % on a shared
-        // machine, enough to pass or fail a 0.9 ratio by chance.
-        let (mut ours, mut fast, mut raw) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..5 {
-            ours.push(append_rate(&store, batch, false).await);
-            fast.push(append_rate(&plain, batch, false).await);
-            raw.push(append_rate(&store, batch, true).await);
-        }
-        let (ours, fast, raw) = (median(ours), median(fast), median(raw));
+    if wanted("append") {
         println!(
-            "| batches of {batch} | {ours:.0} ev/s | {fast:.0} ev/s | {raw:.0} ev/s | {:.2} | {:.2} |",
-            ours / raw,
-            fast / raw
+            "\n| append, 100-byte payload, median of 5 | RedisStreamStore (idempotent, default) | idempotent_appends(false) | raw fred pipelined XADD | default ÷ raw | non-idempotent ÷ raw |"
         );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for batch in [100usize, 1_000] {
+            // Five alternating rounds, medians: one round swings by ±15 % on a shared
+            // machine, enough to pass or fail a 0.9 ratio by chance.
+            let (mut ours, mut fast, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..5 {
+                ours.push(append_rate(&store, batch, false).await);
+                fast.push(append_rate(&plain, batch, false).await);
+                raw.push(append_rate(&store, batch, true).await);
+            }
+            let (ours, fast, raw) = (median(ours), median(fast), median(raw));
+            println!(
+                "| batches of {batch} | {ours:.0} ev/s | {fast:.0} ev/s | {raw:.0} ev/s | {:.2} | {:.2} |",
+                ours / raw,
+                fast / raw
+            );
+        }
     }
     plain.close().await.unwrap();
 
-    println!("\n| consume + ack (batches of 500, acks batched), median of 3 | ev/s |");
-    println!("|---|---:|");
-    let mut rates: [Vec<f64>; 2] = Default::default();
-    for round in 0..3 {
-        for (i, consumers) in [1usize, 4].into_iter().enumerate() {
-            rates[i].push(consume(&store, consumers, round).await);
+    if wanted("consume") {
+        println!("\n| consume + ack (batches of 500, acks batched), median of 3 | ev/s |");
+        println!("|---|---:|");
+        let mut rates: [Vec<f64>; 2] = Default::default();
+        for round in 0..3 {
+            for (i, consumers) in [1usize, 4].into_iter().enumerate() {
+                rates[i].push(consume(&store, consumers, round).await);
+            }
+        }
+        for (rates, consumers) in rates.into_iter().zip([1, 4]) {
+            println!("| {consumers} consumer(s) | {:.0} |", median(rates));
         }
     }
-    for (rates, consumers) in rates.into_iter().zip([1, 4]) {
-        println!("| {consumers} consumer(s) | {:.0} |", median(rates));
-    }
 
-    let (p50, p99, n, reached) = latency(&store).await;
-    println!("\n| publish → handled at 10k events/s ({n} events) | rate reached | p50 | p99 |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| one append per event (own task), one consumer | {reached:.0} ev/s | {p50:.2} ms | {p99:.2} ms |"
-    );
+    if wanted("latency") {
+        let (p50, p99, n, reached) = latency(&store).await;
+        println!("\n| publish → handled at 10k events/s ({n} events) | rate reached | p50 | p99 |");
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| one append per event (own task), one consumer | {reached:.0} ev/s | {p50:.2} ms | {p99:.2} ms |"
+        );
+    }
 
     println!(
         "\nWatermill's published Redis Streams figures for comparison (16 CPUs): 59k publish / 12k subscribe msg/s."

@@ -20,11 +20,14 @@ pub enum WaitStrategy {
     /// consumer that yields instead of spinning lets its producer run ahead and then
     /// reads a whole batch, instead of chasing the cursor one event at a time and pulling
     /// the producer's cache lines back on every publish.
-    #[default]
     Yielding,
     /// Spin and yield briefly, then park on a condition variable until signalled
     /// (async consumers: register and await). Never burns a core while idle, and while
     /// events flow it rarely parks, so publishers rarely pay for a wake-up.
+    ///
+    /// The default: what [`single_producer`](super::single_producer),
+    /// [`multi_producer`](super::multi_producer) and the bus's topics use.
+    #[default]
     Blocking,
 }
 
@@ -150,5 +153,18 @@ impl WaitStrategy {
                 notifier.wait_until(ready, None);
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::WaitStrategy;
+
+    #[test]
+    fn the_default_strategy_is_the_one_the_constructors_use() {
+        let (_producer, single) = super::super::single_producer::<u64>(8);
+        let (_producer, multi) = super::super::multi_producer::<u64>(8);
+        assert_eq!(single.wait_strategy(), WaitStrategy::default());
+        assert_eq!(multi.wait_strategy(), WaitStrategy::default());
     }
 }
