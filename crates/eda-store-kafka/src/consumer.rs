@@ -290,7 +290,9 @@ enum Ctl {
 }
 
 struct InFlight {
-    record: Result<RawEvent, Undecodable>,
+    /// The record as fetched: decoded again for a redelivery (rare), so a first
+    /// delivery moves its decoded event out instead of cloning it.
+    record: rskafka::record::Record,
     token: u64,
     deadline: Instant,
     acked: bool,
@@ -499,11 +501,17 @@ impl Worker {
             .filter(|f| f.token == token && !f.acked)
     }
 
-    fn delivery(&self, offset: i64, attempt: u32, f: &InFlight) -> Delivery {
+    fn delivery(
+        &self,
+        offset: i64,
+        attempt: u32,
+        f: &InFlight,
+        record: Result<RawEvent, Undecodable>,
+    ) -> Delivery {
         Delivery::new(
             position(self.partition, offset),
             attempt,
-            f.record.clone(),
+            record,
             Box::new(KafkaAck {
                 ctl: self.ctl_tx.clone(),
                 offset,
@@ -548,13 +556,14 @@ impl Worker {
         attempts.resize(records.len(), 1);
         let deadline = Instant::now() + self.options.visibility_timeout;
         for (r, attempt) in records.into_iter().zip(attempts) {
+            let decoded = record::from_record(&r.record);
             let f = InFlight {
-                record: record::from_record(&r.record),
+                record: r.record,
                 token: fastrand::u64(..),
                 deadline,
                 acked: false,
             };
-            let d = self.delivery(r.offset, attempt, &f);
+            let d = self.delivery(r.offset, attempt, &f, decoded);
             self.inflight.insert(r.offset, f);
             self.next = r.offset + 1;
             if self.out.send(Ok(d)).await.is_err() {
@@ -585,7 +594,8 @@ impl Worker {
             };
             f.token = fastrand::u64(..);
             f.deadline = deadline;
-            let d = self.delivery(offset, attempt, &self.inflight[&offset]);
+            let f = &self.inflight[&offset];
+            let d = self.delivery(offset, attempt, f, record::from_record(&f.record));
             if self.out.send(Ok(d)).await.is_err() {
                 return Ok(false);
             }

@@ -51,17 +51,20 @@ pub fn to_record(r: &RawEvent) -> Record {
 /// The event in a record, or why it is not one.
 pub fn from_record(record: &Record) -> Result<RawEvent, Undecodable> {
     let attempt = || -> Result<RawEvent, String> {
-        let text = |name: &str| -> Result<Option<String>, String> {
+        // Borrowed: headers only parsed are not copied.
+        let text_ref = |name: &str| -> Result<Option<&str>, String> {
             record
                 .headers
                 .get(name)
                 .map(|v| {
-                    String::from_utf8(v.clone())
-                        .map_err(|_| format!("header `{name}` is not UTF-8"))
+                    std::str::from_utf8(v).map_err(|_| format!("header `{name}` is not UTF-8"))
                 })
                 .transpose()
         };
-        let required = |name: &str| text(name)?.ok_or_else(|| format!("no `{name}` header"));
+        let text = |name: &str| -> Result<Option<String>, String> {
+            Ok(text_ref(name)?.map(str::to_owned))
+        };
+        let required = |name: &str| text_ref(name)?.ok_or_else(|| format!("no `{name}` header"));
         let spec = required("ce_specversion")?;
         if spec != eda_core::SPEC_VERSION {
             return Err(format!("unsupported ce_specversion `{spec}`"));
@@ -69,7 +72,7 @@ pub fn from_record(record: &Record) -> Result<RawEvent, Undecodable> {
         let id: EventId = required("ce_id")?
             .parse()
             .map_err(|e: eda_core::EnvelopeError| e.to_string())?;
-        let time = Timestamp::parse_rfc3339(&required("ce_time")?).map_err(|e| e.to_string())?;
+        let time = Timestamp::parse_rfc3339(required("ce_time")?).map_err(|e| e.to_string())?;
         let mut metadata = Metadata::default();
         metadata.subject = text("ce_subject")?;
         metadata.traceparent = text("ce_traceparent")?
