@@ -140,8 +140,13 @@ pub(crate) async fn append_dead_letter(
 
 /// How one delivery ended.
 enum Outcome {
-    Delivered,
-    Failed { attempts: u32, reason: String },
+    /// Handled; when the last attempt ended (if timed), the ack's time for
+    /// `eda_end_to_end_seconds` without reading the clock again.
+    Delivered(Option<quanta::Instant>),
+    Failed {
+        attempts: u32,
+        reason: String,
+    },
     Unsubscribed,
 }
 
@@ -240,9 +245,9 @@ where
             self.through_middleware(&event).await
         };
         match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered(ended) => {
                 bump(&self.counters.delivered);
-                self.metrics.acked(&*event, None);
+                self.metrics.acked(&*event, ended);
             }
             Outcome::Unsubscribed => return Some(Item::Event(event)),
             Outcome::Failed { attempts, reason } => match self.settings.mode {
@@ -264,7 +269,7 @@ where
 
     async fn through_middleware(&self, event: &Arc<M>) -> Outcome {
         let answer = |outcome: &Outcome| match outcome {
-            Outcome::Delivered => Ok(()),
+            Outcome::Delivered(_) => Ok(()),
             Outcome::Failed { reason, .. } => Err(HandlerError::msg(reason)),
             Outcome::Unsubscribed => Err(HandlerError::msg("unsubscribed")),
         };
@@ -272,9 +277,11 @@ where
             .with_middleware(event, 1, None, || self.attempts(event), answer)
             .await;
         match (ran, result) {
+            // Acked once the middleware is done: the clock is read then.
+            (Some(Outcome::Delivered(_)), _) => Outcome::Delivered(None),
             (Some(outcome), _) => outcome,
             // Middleware answered without calling the handler (e.g. a duplicate).
-            (None, Ok(())) => Outcome::Delivered,
+            (None, Ok(())) => Outcome::Delivered(None),
             (None, Err(e)) => Outcome::Failed {
                 attempts: 0,
                 reason: format!("middleware: {e}"),
@@ -341,8 +348,8 @@ where
         };
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(event, attempt).await {
-                Ok(()) => return Outcome::Delivered,
+            let failure = match self.timed_attempt(event, attempt).await {
+                Ok(ended) => return Outcome::Delivered(ended),
                 Err(Failure::Unsubscribed) => return Outcome::Unsubscribed,
                 Err(failure) => failure,
             };
@@ -367,6 +374,15 @@ where
     /// One attempt. The gate is held while the attempt starts (the handler call and its
     /// first poll), so that once the subscription is dropped no attempt starts.
     async fn attempt(&self, event: &Arc<M>, attempt: u32) -> Result<(), Failure> {
+        self.timed_attempt(event, attempt).await.map(drop)
+    }
+
+    /// [`attempt`](Self::attempt), returning when it ended (if timed).
+    async fn timed_attempt(
+        &self,
+        event: &Arc<M>,
+        attempt: u32,
+    ) -> Result<Option<quanta::Instant>, Failure> {
         let deadline = self.settings.timeout.map(|t| Instant::now() + t);
         let current: Arc<dyn EventInfo> = event.clone();
         let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt);
@@ -399,10 +415,10 @@ where
             Err(Failure::Error(_)) => Attempted::Nack,
             Err(Failure::Timeout(_)) => Attempted::Timeout,
             Err(Failure::Panic(_)) => Attempted::Panic,
-            Err(Failure::Unsubscribed) => return result,
+            Err(Failure::Unsubscribed) => return Err(Failure::Unsubscribed),
         };
-        self.metrics.attempted(outcome, started);
-        result
+        let ended = self.metrics.attempted(outcome, started);
+        result.map(|()| ended)
     }
 
     async fn run_handler(
