@@ -41,6 +41,17 @@ pub enum PrometheusError {
         /// Why.
         source: std::io::Error,
     },
+    /// Bucket bounds given to [`PrometheusExporter::buckets`] are empty, not strictly
+    /// increasing, or not numbers.
+    #[error(
+        "bucket bounds for {matcher} must be a non-empty, strictly increasing list of numbers: {bounds:?}"
+    )]
+    InvalidBuckets {
+        /// The histograms they were for.
+        matcher: String,
+        /// The bounds as given.
+        bounds: Vec<f64>,
+    },
 }
 
 /// Builds and installs the process's Prometheus recorder.
@@ -108,14 +119,9 @@ impl PrometheusExporter {
     /// Bucket bounds for your own histograms whose names `matcher` matches (checked
     /// before eda's: `*_seconds` get [`DURATION_BUCKETS`]). Histograms with bounds are
     /// counted into their buckets as they are recorded; the others are summaries.
-    ///
-    /// # Panics
-    /// If `bounds` is empty, not sorted or holds a NaN (a programming error).
+    /// [`install`](Self::install) refuses bounds that are empty or not strictly
+    /// increasing ([`PrometheusError::InvalidBuckets`]).
     pub fn buckets(mut self, matcher: Matcher, bounds: &[f64]) -> Self {
-        assert!(
-            !bounds.is_empty() && bounds.is_sorted_by(|a, b| a < b),
-            "histogram bucket bounds must be a non-empty, strictly increasing list"
-        );
         self.buckets.insert(0, (matcher, Arc::from(bounds)));
         self
     }
@@ -136,6 +142,16 @@ impl PrometheusExporter {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| PrometheusError::NoRuntime)?;
         let _entered = runtime.enter();
+        if let Some((matcher, bounds)) = self
+            .buckets
+            .iter()
+            .find(|(_, bounds)| bounds.is_empty() || !bounds.is_sorted_by(|a, b| a < b))
+        {
+            return Err(PrometheusError::InvalidBuckets {
+                matcher: format!("{matcher:?}"),
+                bounds: bounds.to_vec(),
+            });
+        }
         let listener = match self.listen {
             Some(address) => {
                 Some(bind(address).map_err(|source| PrometheusError::Listen { address, source })?)

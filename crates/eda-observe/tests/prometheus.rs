@@ -213,3 +213,19 @@ fn promtool() -> Option<&'static str> {
         .is_ok_and(|o| o.status.success())
         .then_some("promtool")
 }
+
+#[tokio::test]
+async fn bucket_bounds_that_are_not_increasing_are_refused() {
+    for bounds in [&[][..], &[1.0, 1.0], &[2.0, 1.0], &[1.0, f64::NAN]] {
+        let refused = PrometheusExporter::new()
+            .buckets(Matcher::Full("app_sizes".into()), bounds)
+            .install();
+        assert!(
+            matches!(
+                refused,
+                Err(eda_observe::PrometheusError::InvalidBuckets { .. })
+            ),
+            "{bounds:?} was accepted"
+        );
+    }
+}
