@@ -528,32 +528,43 @@ impl Worker {
         // Counted before delivery, so a record that kills its consumer still counts: the
         // delivered mark rises over first deliveries, redeliveries are counted per record
         // (see `delivered_slot`).
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        let offsets = records.iter().map(|r| r.offset);
+        let (Some(lowest), Some(highest)) = (offsets.clone().min(), offsets.max()) else {
             return Ok(true);
         };
-        let (first, last) = (first.offset, last.offset);
-        let mut attempts = Vec::with_capacity(records.len());
-        if first < self.delivered {
+        let delivered_before = self.delivered;
+        let mut counted = Vec::new().into_iter();
+        if lowest < delivered_before {
             let again: Vec<i64> = records
                 .iter()
                 .map(|r| r.offset)
-                .filter(|o| *o < self.delivered)
+                .filter(|o| *o < delivered_before)
                 .collect();
-            attempts = self.count_redeliveries(&again).await?;
+            counted = self.count_redeliveries(&again).await?.into_iter();
         }
-        if last >= self.delivered {
+        // The counts come in the order of `again`, which is the records' order.
+        let attempts: Vec<u32> = records
+            .iter()
+            .map(|r| {
+                if r.offset < delivered_before {
+                    counted.next().unwrap_or(2)
+                } else {
+                    1
+                }
+            })
+            .collect();
+        if highest >= self.delivered {
             self.store
                 .coordination()
                 .commit(
                     &self.group,
                     &delivered_slot(&self.topic),
                     self.partition as u32,
-                    last + 1,
+                    highest + 1,
                 )
                 .await?;
-            self.delivered = last + 1;
+            self.delivered = highest + 1;
         }
-        attempts.resize(records.len(), 1);
         let deadline = Instant::now() + self.options.visibility_timeout;
         for (r, attempt) in records.into_iter().zip(attempts) {
             let decoded = record::from_record(&r.record);
