@@ -505,7 +505,7 @@ impl Worker {
         &self,
         offset: i64,
         attempt: u32,
-        f: &InFlight,
+        token: u64,
         record: Result<RawEvent, Undecodable>,
     ) -> Delivery {
         Delivery::new(
@@ -515,7 +515,7 @@ impl Worker {
             Box::new(KafkaAck {
                 ctl: self.ctl_tx.clone(),
                 offset,
-                token: f.token,
+                token,
             }),
         )
     }
@@ -528,21 +528,17 @@ impl Worker {
         // Counted before delivery, so a record that kills its consumer still counts: the
         // delivered mark rises over first deliveries, redeliveries are counted per record
         // (see `delivered_slot`).
-        let offsets = records.iter().map(|r| r.offset);
-        let (Some(lowest), Some(highest)) = (offsets.clone().min(), offsets.max()) else {
+        let Some(highest) = records.iter().map(|r| r.offset).max() else {
             return Ok(true);
         };
         let delivered_before = self.delivered;
-        let mut counted = Vec::new().into_iter();
-        if lowest < delivered_before {
-            let again: Vec<i64> = records
-                .iter()
-                .map(|r| r.offset)
-                .filter(|o| *o < delivered_before)
-                .collect();
-            counted = self.count_redeliveries(&again).await?.into_iter();
-        }
+        let again: Vec<i64> = records
+            .iter()
+            .map(|r| r.offset)
+            .filter(|o| *o < delivered_before)
+            .collect();
         // The counts come in the order of `again`, which is the records' order.
+        let mut counted = self.count_redeliveries(&again).await?.into_iter();
         let attempts: Vec<u32> = records
             .iter()
             .map(|r| {
@@ -574,7 +570,7 @@ impl Worker {
                 deadline,
                 acked: false,
             };
-            let d = self.delivery(r.offset, attempt, &f, decoded);
+            let d = self.delivery(r.offset, attempt, f.token, decoded);
             self.inflight.insert(r.offset, f);
             self.next = r.offset + 1;
             if self.out.send(Ok(d)).await.is_err() {
@@ -606,7 +602,7 @@ impl Worker {
             f.token = fastrand::u64(..);
             f.deadline = deadline;
             let f = &self.inflight[&offset];
-            let d = self.delivery(offset, attempt, f, record::from_record(&f.record));
+            let d = self.delivery(offset, attempt, f.token, record::from_record(&f.record));
             if self.out.send(Ok(d)).await.is_err() {
                 return Ok(false);
             }
@@ -617,6 +613,9 @@ impl Worker {
     /// Counts one more delivery of records delivered before (below the delivered mark)
     /// and returns their attempts: the stored count plus their first delivery.
     async fn count_redeliveries(&self, offsets: &[i64]) -> Result<Vec<u32>, StoreError> {
+        if offsets.is_empty() {
+            return Ok(Vec::new()); // no write to the coordination store
+        }
         let counts = self
             .store
             .coordination()
