@@ -32,6 +32,14 @@ fn jobs(range: std::ops::Range<u64>) -> Vec<eda_core::RawEvent> {
         .collect()
 }
 
+/// A fresh SQLite coordination store for a test's `KafkaStore`s (the directory lives as
+/// long as the returned guard).
+async fn coordination() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("c.db")).await.unwrap();
+    (dir, Arc::new(store))
+}
+
 /// Partitions each consumer received records from, and every record's number.
 type Seen = Arc<Mutex<(HashMap<String, HashSet<String>>, Vec<u64>)>>;
 
@@ -76,8 +84,7 @@ async fn consumers_split_the_partitions_and_take_over_a_leavers() {
     let Some(()) = require("kafka group split", &kafka_brokers()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let coordination = Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let (_dir, coordination) = coordination().await;
     let store = KafkaStore::builder([kafka_brokers()], coordination)
         .partitions(4)
         .lease_ttl(Duration::from_secs(2))
@@ -141,9 +148,7 @@ async fn static_members_take_partitions_by_number() {
     let Some(()) = require("kafka static membership", &kafka_brokers()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let coordination: Arc<SqliteStore> =
-        Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let (_dir, coordination) = coordination().await;
     let member = |i: u32| {
         KafkaStore::builder([kafka_brokers()], coordination.clone())
             .partitions(4)
@@ -218,8 +223,7 @@ async fn appends_do_not_wait_behind_a_consumers_fetch() {
     let Some(()) = require("kafka appends beside a waiting fetch", &kafka_brokers()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let coordination = Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let (_dir, coordination) = coordination().await;
     let store = KafkaStore::builder([kafka_brokers()], coordination)
         .partitions(1)
         .fetch_wait(Duration::from_secs(3))
@@ -261,9 +265,7 @@ async fn attempts_after_a_crash_count_only_what_was_delivered() {
     let Some(()) = require("kafka attempts after a crash", &kafka_brokers()).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let coordination: Arc<SqliteStore> =
-        Arc::new(SqliteStore::open(dir.path().join("c.db")).await.unwrap());
+    let (_dir, coordination) = coordination().await;
     let store = KafkaStore::builder([kafka_brokers()], coordination)
         .partitions(1)
         .lease_ttl(Duration::from_secs(1))
