@@ -21,9 +21,13 @@ pub enum WaitStrategy {
     /// reads a whole batch, instead of chasing the cursor one event at a time and pulling
     /// the producer's cache lines back on every publish.
     Yielding,
-    /// Spin and yield briefly, then park on a condition variable until signalled
-    /// (async consumers: register and await). Never burns a core while idle, and while
-    /// events flow it rarely parks, so publishers rarely pay for a wake-up.
+    /// Yield a few times, then park on a condition variable until signalled (async
+    /// consumers: register and await). Never burns a core while idle, and while events
+    /// flow it rarely parks, so publishers rarely pay for a wake-up. It does not spin:
+    /// with more threads than cores (three consumers and a producer on two), a spinning
+    /// consumer holds the core its producer needs; a yield gives it up, and returns at
+    /// once when nobody else wants it. (With 100 spins first, multicast 1P–3C on two
+    /// cores measured 15–21 M/s; without them 26–89, mostly 55–65: docs/benchmarks.md.)
     ///
     /// The default: what [`single_producer`](super::single_producer),
     /// [`multi_producer`](super::multi_producer) and the bus's topics use.
@@ -31,9 +35,6 @@ pub enum WaitStrategy {
     Blocking,
 }
 
-/// Spins before yielding in [`WaitStrategy::Blocking`] (none under loom, where every
-/// spin is a scheduling branch).
-const SPIN_TRIES: u32 = if cfg!(loom) { 0 } else { 100 };
 /// Yields before parking in [`WaitStrategy::Blocking`].
 const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
 
@@ -138,12 +139,6 @@ impl WaitStrategy {
                 }
             }
             Self::Blocking => {
-                for _ in 0..SPIN_TRIES {
-                    if ready() {
-                        return;
-                    }
-                    spin_loop();
-                }
                 for _ in 0..YIELD_TRIES {
                     if ready() {
                         return;
