@@ -489,21 +489,27 @@ fn main() {
             &[("disruptor batch", peer), ("crossbeam bounded(1024)", cb)],
         );
     }
-    if wanted("multicast") {
-        let ours = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Yielding));
-        let ours_blocking = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Blocking));
-        let peer = rate(N, |n| disruptor_three_consumers(n, false));
+    // `multicast` runs both rows; `multicast-blocking` only the default strategy's
+    // (without the `disruptor` peer, whose spinning producer can take minutes here).
+    if wanted("multicast-yielding") || wanted("multicast-blocking") {
         let bc = rate(N / 4, broadcast_three);
-        row(
-            "multicast 1P-3C, yielding",
-            ours,
-            &[("disruptor", peer), ("tokio broadcast", bc)],
-        );
-        row(
-            "multicast 1P-3C, blocking",
-            ours_blocking,
-            &[("tokio broadcast", bc)],
-        );
+        if wanted("multicast-yielding") {
+            let ours = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Yielding));
+            let peer = rate(N, |n| disruptor_three_consumers(n, false));
+            row(
+                "multicast 1P-3C, yielding",
+                ours,
+                &[("disruptor", peer), ("tokio broadcast", bc)],
+            );
+        }
+        if wanted("multicast-blocking") {
+            let ours = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Blocking));
+            row(
+                "multicast 1P-3C, blocking",
+                ours,
+                &[("tokio broadcast", bc)],
+            );
+        }
     }
     if wanted("pipeline") {
         let ours = rate(N, |n| eda_three_consumers(n, true, WaitStrategy::Yielding));
