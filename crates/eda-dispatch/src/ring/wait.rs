@@ -27,7 +27,7 @@ pub enum WaitStrategy {
     /// with more threads than cores (three consumers and a producer on two), a spinning
     /// consumer holds the core its producer needs; a yield gives it up, and returns at
     /// once when nobody else wants it. (With 100 spins first, multicast 1P–3C on two
-    /// cores measured 15–21 M/s; without them 26–89, mostly 55–65: docs/benchmarks.md.)
+    /// cores measured 15–21 M/s; without them 25–89, median 59: docs/benchmarks.md.)
     ///
     /// The default: what [`single_producer`](super::single_producer),
     /// [`multi_producer`](super::multi_producer) and the bus's topics use.
