@@ -9,6 +9,9 @@ use super::ring::{Closed, RingBuffer};
 use super::sequence::Sequence;
 use super::sync::Arc;
 
+/// The most events [`Consumer::wait`] lets its producer get ahead by before it returns.
+pub(super) const GATHER: i64 = 256;
+
 /// Reads every event of a ring (each consumer sees every event: multicast).
 ///
 /// Producers never overwrite an event before every consumer has read it; a consumer
@@ -59,9 +62,7 @@ impl<T: Send + Sync> Consumer<T> {
         }
         let hi = available.min(self.next + max as i64 - 1);
         let ring = &self.barrier.ring;
-        for sequence in self.next..=hi {
-            ring.read(sequence, |event| f(sequence, event));
-        }
+        ring.read_range(self.next, hi, &mut f);
         self.sequence.set(hi);
         ring.consumer_progressed();
         let n = (hi - self.next + 1) as usize;
@@ -71,15 +72,45 @@ impl<T: Send + Sync> Consumer<T> {
 
     /// Waits on this thread, with the ring's strategy, until an event is available;
     /// `Err(Closed)` once the ring is closed and drained.
+    ///
+    /// When events are already there (the consumer keeps up with its producer), it first
+    /// pauses while the producer is still publishing, until a quarter of the ring (at
+    /// most 256 events) is there, so that [`try_read_batch`](Self::try_read_batch) reads
+    /// whole batches instead of chasing the producer's cache lines a few events at a
+    /// time; a pause that brings nothing new ends it (one yield, or a few spins with
+    /// [`WaitStrategy::BusySpin`](super::WaitStrategy::BusySpin)). A consumer that had
+    /// to wait returns as soon as the first event arrives.
     pub fn wait(&self) -> Result<(), Closed> {
         let ring = &self.barrier.ring;
-        if self.barrier.available(self.next) >= self.next {
+        let available = self.barrier.available(self.next);
+        if available >= self.next {
+            self.gather(available);
             return Ok(());
         }
         ring.strategy.wait_until(&ring.data, || {
             self.barrier.available(self.next) >= self.next || ring.is_closed()
         });
         self.ready_or_closed()
+    }
+
+    /// Events were there at once: this consumer keeps up with its producer. Reading them
+    /// now would chase the producer a few events at a time, every read pulling back the
+    /// cache lines the producer is writing. Instead it pauses (the ring's strategy:
+    /// spin or yield) while the producer keeps publishing, until a quarter of the ring
+    /// (at most [`GATHER`] events) is there; a pause that brings nothing new ends it, so
+    /// a producer that stopped costs one pause.
+    #[inline]
+    fn gather(&self, mut available: i64) {
+        let ring = &self.barrier.ring;
+        let enough = GATHER.min(ring.capacity() as i64 / 4);
+        while available - self.next + 1 < enough {
+            ring.strategy.pause();
+            let now = self.barrier.available(self.next);
+            if now == available {
+                return;
+            }
+            available = now;
+        }
     }
 
     fn ready_or_closed(&self) -> Result<(), Closed> {
@@ -125,5 +156,45 @@ impl<T: Send + Sync> Consumer<T> {
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
         self.barrier.ring.remove_gating(&self.sequence);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::super::{WaitStrategy, single_producer_with};
+
+    #[test]
+    fn a_batch_read_across_the_end_of_the_ring_keeps_sequences_and_order() {
+        let (mut producer, ring) = single_producer_with::<u64>(8, WaitStrategy::Yielding);
+        let mut consumer = ring.consumer();
+        producer
+            .try_publish_batch((0..6).collect::<Vec<u64>>())
+            .unwrap();
+        assert_eq!(consumer.try_read_batch(8, |_, _| {}), 6);
+        // Sequences 6..=11 live in slots 6, 7, 0, 1, 2, 3.
+        producer
+            .try_publish_batch((6..12).collect::<Vec<u64>>())
+            .unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(consumer.try_read_batch(8, |s, v| seen.push((s, *v))), 6);
+        assert_eq!(seen, (6..12).map(|v| (v as i64, v)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn wait_returns_what_an_idle_producer_left_without_waiting_for_more() {
+        for strategy in [
+            WaitStrategy::BusySpin,
+            WaitStrategy::Yielding,
+            WaitStrategy::Blocking,
+        ] {
+            // 3 events in a ring of 1024: fewer than wait gathers, and no more will come.
+            let (mut producer, ring) = single_producer_with::<u64>(1024, strategy);
+            let mut consumer = ring.consumer();
+            producer.try_publish_batch([1, 2, 3]).unwrap();
+            consumer.wait().unwrap();
+            let mut seen = Vec::new();
+            consumer.try_read_batch(1024, |_, v| seen.push(*v));
+            assert_eq!(seen, [1, 2, 3], "{strategy:?}");
+        }
     }
 }

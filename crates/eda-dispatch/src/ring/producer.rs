@@ -79,14 +79,9 @@ impl<T: Send + Sync> SingleProducer<T> {
             return Err(Full);
         }
         let lo = self.claimed + 1;
-        let mut hi = self.claimed;
         // In order, one at a time: if the iterator (or a replaced event's `Drop`)
         // panics, what was written stays unpublished and is written over next time.
-        for value in values.take(n as usize) {
-            let previous = self.ring.write::<false>(hi + 1, value);
-            hi += 1;
-            drop(previous);
-        }
+        let hi = self.claimed + self.ring.write_run(lo, n as usize, values) as i64;
         self.claimed = hi;
         if hi >= lo {
             self.ring.publish_range::<false>(lo, hi);

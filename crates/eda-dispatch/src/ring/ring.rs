@@ -269,19 +269,78 @@ impl<T> RingBuffer<T> {
         }
     }
 
-    /// Reads the slot of `sequence` through `f`.
+    /// Reads the slots of `lo..=hi` in order through `f(sequence, &event)`, walking the
+    /// (at most two) contiguous runs of slots the range covers, without an index check
+    /// per event. `hi - lo < capacity`.
     ///
-    /// Callers must have observed `sequence` published and must hold a gating sequence
-    /// below it until `f` returns; see the module docs.
+    /// Callers must have observed `hi` published (and with it every sequence below) and
+    /// must hold a gating sequence below `lo` until this returns; see the module docs.
     #[inline]
-    pub(super) fn read<R>(&self, sequence: i64, f: impl FnOnce(&T) -> R) -> R {
-        let slot = &self.slots[(sequence & self.mask) as usize];
-        // SAFETY: `sequence` was published (Acquire), so its write (which initialised
-        // the slot) happened before this read, and the caller's gating sequence keeps
-        // producers from rewriting the slot until the caller stores a sequence
-        // >= `sequence` after `f` returns. Concurrent readers only share `&T` (`T: Sync`).
-        #[allow(unsafe_code)]
-        slot.with(|ptr| unsafe { f((*ptr).assume_init_ref()) })
+    pub(super) fn read_range(&self, lo: i64, hi: i64, mut f: impl FnMut(i64, &T)) {
+        let mut sequence = lo;
+        for run in self.runs(lo, hi) {
+            for slot in run {
+                // SAFETY: `sequence <= hi` was published (Acquire), so its write (which
+                // initialised the slot) happened before this read, and the caller's gating
+                // sequence keeps producers from rewriting the slot until the caller stores
+                // a sequence >= `sequence` after this returns. Concurrent readers only
+                // share `&T` (`T: Sync`).
+                #[allow(unsafe_code)]
+                slot.with(|ptr| unsafe { f(sequence, (*ptr).assume_init_ref()) });
+                sequence += 1;
+            }
+        }
+    }
+
+    /// The slots of `lo..=hi` as at most two contiguous runs (the second one after the
+    /// ring wraps, empty otherwise). `0 <= hi - lo + 1 <= capacity`.
+    #[inline]
+    fn runs(&self, lo: i64, hi: i64) -> [&[UnsafeCell<MaybeUninit<T>>]; 2] {
+        let len = (hi - lo + 1).max(0) as usize;
+        debug_assert!(len <= self.capacity());
+        let start = (lo & self.mask) as usize;
+        let (tail, head) = self.slots.split_at(start);
+        let first = len.min(head.len());
+        [&head[..first], &tail[..len - first]]
+    }
+
+    /// Single producer: writes the next `n` sequences from `lo` with what `values`
+    /// yields, in order, dropping each replaced event after its slot is written; returns
+    /// how many were written (fewer when `values` ends early). Publishes nothing.
+    ///
+    /// Callers must be the ring's only producer, have checked room for `lo + n - 1`
+    /// and have written every sequence below `lo`; see [`write`](Self::write). If
+    /// `values` (or a replaced event's `Drop`) panics, what was written stays
+    /// unpublished and is written over (and dropped) by the next write.
+    #[inline]
+    pub(super) fn write_run(&self, lo: i64, n: usize, values: impl Iterator<Item = T>) -> usize {
+        debug_assert!(!self.multi);
+        let mut values = values.take(n);
+        let mut written = 0;
+        for run in self.runs(lo, lo + n as i64 - 1) {
+            for slot in run {
+                let Some(value) = values.next() else {
+                    return written;
+                };
+                let occupied = lo + written as i64 >= self.capacity() as i64;
+                let take_previous = occupied && std::mem::needs_drop::<T>();
+                // SAFETY: as in `write`, single producer: this thread is the only writer,
+                // it wrote every sequence below this one, and room was checked (Acquire
+                // of every gating sequence) for the whole run, so no consumer reads the
+                // slot until it is published. When `occupied`, the slot holds the
+                // initialised event of `sequence - capacity` (or an unpublished write of
+                // this sequence left by a panic), moved out exactly once, here.
+                #[allow(unsafe_code)]
+                let previous = slot.with_mut(|ptr| unsafe {
+                    let replaced = take_previous.then(|| (*ptr).assume_init_read());
+                    (*ptr).write(value);
+                    replaced
+                });
+                written += 1;
+                drop(previous);
+            }
+        }
+        written
     }
 
     /// A consumer finished everything up to its new sequence: wake producers waiting for

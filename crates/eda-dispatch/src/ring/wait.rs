@@ -19,7 +19,9 @@ pub enum WaitStrategy {
     /// `disruptor` crate's yielding strategy; the LMAX one spins 100 times first). A
     /// consumer that yields instead of spinning lets its producer run ahead and then
     /// reads a whole batch, instead of chasing the cursor one event at a time and pulling
-    /// the producer's cache lines back on every publish.
+    /// the producer's cache lines back on every publish; for the same reason
+    /// [`Consumer::wait`](super::Consumer::wait) that finds only a few events yields
+    /// while the producer is still publishing (every strategy pauses there in its way).
     Yielding,
     /// Yield a few times, then park on a condition variable until signalled (async
     /// consumers: register and await). Never burns a core while idle, and while events
@@ -34,6 +36,10 @@ pub enum WaitStrategy {
     #[default]
     Blocking,
 }
+
+/// Spins in one [`WaitStrategy::BusySpin`] pause (see `Consumer::wait`): one spin is
+/// too short for the producer to get ahead, so the consumer would still chase it.
+const PAUSE_SPINS: u32 = 16;
 
 /// Yields before parking in [`WaitStrategy::Blocking`].
 const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
@@ -125,6 +131,15 @@ impl Notifier {
 }
 
 impl WaitStrategy {
+    /// One short wait: a few spins for [`BusySpin`](Self::BusySpin), a yield otherwise.
+    #[inline]
+    pub(super) fn pause(&self) {
+        match self {
+            Self::BusySpin => (0..PAUSE_SPINS).for_each(|_| spin_loop()),
+            Self::Yielding | Self::Blocking => yield_now(),
+        }
+    }
+
     /// Waits on a consumer thread until `ready()` holds.
     pub fn wait_until(&self, notifier: &Notifier, mut ready: impl FnMut() -> bool) {
         match self {
