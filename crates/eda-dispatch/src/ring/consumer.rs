@@ -12,6 +12,10 @@ use super::sync::Arc;
 /// The most events [`Consumer::wait`] lets its producer get ahead by before it returns.
 pub(super) const GATHER: i64 = 256;
 
+/// The most pauses [`Consumer::wait`] makes to gather: a producer that publishes about
+/// one event per pause would otherwise delay the first of them by 256 pauses.
+pub(super) const GATHER_PAUSES: u32 = 4;
+
 /// Reads every event of a ring (each consumer sees every event: multicast).
 ///
 /// Producers never overwrite an event before every consumer has read it; a consumer
@@ -78,8 +82,8 @@ impl<T: Send + Sync> Consumer<T> {
     /// most 256 events) is there, so that [`try_read_batch`](Self::try_read_batch) reads
     /// whole batches instead of chasing the producer's cache lines a few events at a
     /// time; a pause that brings nothing new ends it (one yield, or a few spins with
-    /// [`WaitStrategy::BusySpin`](super::WaitStrategy::BusySpin)). A consumer that had
-    /// to wait returns as soon as the first event arrives.
+    /// [`WaitStrategy::BusySpin`](super::WaitStrategy::BusySpin)), and it makes at most
+    /// four. A consumer that had to wait returns as soon as the first event arrives.
     pub fn wait(&self) -> Result<(), Closed> {
         let ring = &self.barrier.ring;
         let available = self.barrier.available(self.next);
@@ -98,12 +102,16 @@ impl<T: Send + Sync> Consumer<T> {
     /// cache lines the producer is writing. Instead it pauses (the ring's strategy:
     /// spin or yield) while the producer keeps publishing, until a quarter of the ring
     /// (at most [`GATHER`] events) is there; a pause that brings nothing new ends it, so
-    /// a producer that stopped costs one pause.
+    /// a producer that stopped costs one pause, and a slow one at most
+    /// [`GATHER_PAUSES`].
     #[inline]
     fn gather(&self, mut available: i64) {
         let ring = &self.barrier.ring;
         let enough = GATHER.min(ring.capacity() as i64 / 4);
-        while available - self.next + 1 < enough {
+        for _ in 0..GATHER_PAUSES {
+            if available - self.next + 1 >= enough {
+                return;
+            }
             ring.strategy.pause();
             let now = self.barrier.available(self.next);
             if now == available {
