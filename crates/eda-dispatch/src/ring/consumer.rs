@@ -10,11 +10,11 @@ use super::sequence::Sequence;
 use super::sync::Arc;
 
 /// The most events [`Consumer::wait`] lets its producer get ahead by before it returns.
-pub(super) const GATHER: i64 = 256;
+const GATHER: i64 = 256;
 
 /// The most pauses [`Consumer::wait`] makes to gather: a producer that publishes about
 /// one event per pause would otherwise delay the first of them by 256 pauses.
-pub(super) const GATHER_PAUSES: u32 = 4;
+const GATHER_PAUSES: u32 = 4;
 
 /// Reads every event of a ring (each consumer sees every event: multicast).
 ///
