@@ -229,8 +229,6 @@ impl<T> RingBuffer<T> {
         if MULTI && occupied {
             self.wait_previous_published(index, previous);
         }
-        // An event without drop glue is simply written over.
-        let take_previous = occupied && std::mem::needs_drop::<T>();
         // SAFETY: the caller claimed `sequence` exclusively, and every consumer has
         // released the slot's previous occupant (room checked with Acquire), as has its
         // writer (single producer: this thread; multi producer: its publication observed
@@ -238,7 +236,26 @@ impl<T> RingBuffer<T> {
         // `sequence` is published. When `occupied`, the slot holds the initialised event
         // of `sequence - capacity` (module docs), moved out exactly once, here.
         #[allow(unsafe_code)]
-        self.slots[index].with_mut(|ptr| unsafe {
+        unsafe {
+            Self::replace(&self.slots[index], occupied, value)
+        }
+    }
+
+    /// Moves `value` into `slot` and returns the event it held when `occupied` (an
+    /// event without drop glue is simply written over, and `None` comes back).
+    ///
+    /// # Safety
+    ///
+    /// No other thread may access `slot` until the caller publishes it, and when
+    /// `occupied` the slot must hold an initialised event that nobody else moves out or
+    /// drops.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn replace(slot: &UnsafeCell<MaybeUninit<T>>, occupied: bool, value: T) -> Option<T> {
+        let take_previous = occupied && std::mem::needs_drop::<T>();
+        // SAFETY: exclusive access, and an initialised event when `occupied`, are this
+        // function's contract.
+        slot.with_mut(|ptr| unsafe {
             let replaced = take_previous.then(|| (*ptr).assume_init_read());
             (*ptr).write(value);
             replaced
@@ -323,7 +340,6 @@ impl<T> RingBuffer<T> {
                     return written;
                 };
                 let occupied = lo + written as i64 >= self.capacity() as i64;
-                let take_previous = occupied && std::mem::needs_drop::<T>();
                 // SAFETY: as in `write`, single producer: this thread is the only writer,
                 // it wrote every sequence below this one, and room was checked (Acquire
                 // of every gating sequence) for the whole run, so no consumer reads the
@@ -331,11 +347,7 @@ impl<T> RingBuffer<T> {
                 // initialised event of `sequence - capacity` (or an unpublished write of
                 // this sequence left by a panic), moved out exactly once, here.
                 #[allow(unsafe_code)]
-                let previous = slot.with_mut(|ptr| unsafe {
-                    let replaced = take_previous.then(|| (*ptr).assume_init_read());
-                    (*ptr).write(value);
-                    replaced
-                });
+                let previous = unsafe { Self::replace(slot, occupied, value) };
                 written += 1;
                 drop(previous);
             }
