@@ -222,6 +222,46 @@ fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -
     })
 }
 
+/// Each side of the bus alone, on one thread: a current-thread runtime publishes a
+/// ring's worth of events with `try_publish` (the group's processor cannot run yet),
+/// then lets the processor handle them all; repeated `rounds` times. Returns the
+/// publishing time and the handling time. No wake-up or scheduling between the two
+/// sides is measured: what each costs per event, on a warm cache.
+fn eda_sides(subs: usize, ring: u64, rounds: u64) -> (Duration, Duration) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bus = Bus::builder().queue_capacity(ring as usize).build();
+        let count = Arc::new(AtomicU64::new(0));
+        let _subs: Vec<_> = (0..subs)
+            .map(|_| {
+                let count = count.clone();
+                bus.subscribe(move |e: Arc<Envelope<Tick>>, _c: Context| {
+                    black_box(e.payload.n);
+                    count.fetch_add(1, Ordering::Relaxed);
+                    async { Ok(()) }
+                })
+                .unwrap()
+            })
+            .collect();
+        let (mut publishing, mut handling) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..rounds {
+            let start = Instant::now();
+            for i in 0..ring {
+                bus.try_publish(Tick { n: i }).unwrap();
+            }
+            publishing += start.elapsed();
+            let start = Instant::now();
+            wait_for(&count, (round + 1) * ring * subs as u64).await;
+            handling += start.elapsed();
+        }
+        bus.shutdown(Duration::from_secs(5)).await;
+        (publishing, handling)
+    })
+}
+
 fn envelope_cost(n: u64) -> Duration {
     let start = Instant::now();
     for i in 0..n {
@@ -255,7 +295,7 @@ fn main() {
         });
     }
     for subs in [1usize, 3] {
-        if wanted("sync") {
+        if wanted(&format!("sync {subs}")) {
             let ours = rate(1_000_000, |n| eda_sync(subs, n));
             let base = if skip_baselines {
                 f64::NAN
@@ -269,7 +309,7 @@ fn main() {
                 features: "panic catching, unsubscribe gate, trace context stamped",
             });
         }
-        if wanted("async") {
+        if wanted(&format!("async {subs}")) {
             let n = 500_000;
             let ours = rate(n, |n| eda_async(&rt, subs, n, true));
             let ours_no_timeout = rate(n, |n| eda_async(&rt, subs, n, false));
@@ -300,6 +340,32 @@ fn main() {
                 features: "panic catching, retries armed (3), gate, topic ring 1024",
             });
         }
+    }
+
+    if wanted("sides") {
+        // 1024 events a round (the default ring), 500 rounds; medians of RUNS runs.
+        let (ring, rounds) = (1024, 500);
+        eda_sides(1, ring, rounds / 10);
+        let runs: Vec<_> = (0..RUNS).map(|_| eda_sides(1, ring, rounds)).collect();
+        let per_event = |pick: fn(&(Duration, Duration)) -> Duration| {
+            median(
+                runs.iter()
+                    .map(|r| (ring * rounds) as f64 / pick(r).as_secs_f64())
+                    .collect(),
+            )
+        };
+        rows.push(Row {
+            scenario: "publish alone, 1 subscriber (current-thread runtime)".into(),
+            rate: per_event(|r| r.0),
+            baselines: vec![],
+            features: "try_publish: envelope, stamp, ring claim",
+        });
+        rows.push(Row {
+            scenario: "handle alone, 1 subscriber (current-thread runtime)".into(),
+            rate: per_event(|r| r.1),
+            baselines: vec![],
+            features: "timeout 30 s, panic catching, retries armed (3), gate",
+        });
     }
 
     println!(

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::balancer::{Balancer, BalancerState, MemberLoad};
 use crate::gate::Gate;
 use crate::item::Item;
-use crate::runner::GroupMember;
+use crate::runner::{GroupMember, Started};
 use crate::sink::Accepts;
 use crate::stats::{Counters, bump};
 use crate::topic::{Backpressure, Topic, lock};
@@ -338,12 +338,10 @@ where
         }
         self.view[idx].in_flight += 1;
         let id = member_id(member);
-        let mut fut = member.clone().process(item);
         // Most handlers finish on their first poll: no FuturesUnordered entry then.
-        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-        match fut.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(back) => self.complete((id, key, back)),
-            std::task::Poll::Pending => self
+        match member.clone().start(item) {
+            Started::Done(back) => self.complete((id, key, back)),
+            Started::Running(fut) => self
                 .in_flight
                 .push(fut.map(move |back| (id, key, back)).boxed()),
         }

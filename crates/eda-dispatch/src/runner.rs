@@ -6,7 +6,6 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -53,17 +52,64 @@ pub(crate) struct Member<M, H> {
 
 /// A member as its group sees it, whatever its handler type.
 pub(crate) trait GroupMember<M>: Send + Sync + 'static {
-    /// Runs one event's lifecycle. Gives the event back when the member left before an
-    /// attempt could start, so that the group hands it to another member.
-    fn process(self: Arc<Self>, item: Item<M>) -> BoxFuture<'static, Option<Item<M>>>;
+    /// Starts one event's lifecycle and polls it once. Most handlers finish on their
+    /// first poll: then the lifecycle ends here, without a boxed future for it.
+    fn start(self: Arc<Self>, item: Item<M>) -> Started<M>;
     fn weight(&self) -> u32;
     fn concurrency(&self) -> usize;
     fn gate(&self) -> &Arc<Gate>;
 }
 
+/// How [`GroupMember::start`] left an event.
+pub(crate) enum Started<M> {
+    /// Its lifecycle ended. The event comes back when the member left before an attempt
+    /// could start, so that the group hands it to another member.
+    Done(Option<Item<M>>),
+    /// Still running (polled once): the rest of its lifecycle.
+    Running(BoxFuture<'static, Option<Item<M>>>),
+}
+
 impl<M: EventInfo, H: Handler<M>> GroupMember<M> for Member<M, H> {
-    fn process(self: Arc<Self>, item: Item<M>) -> BoxFuture<'static, Option<Item<M>>> {
-        Box::pin(async move { self.process_item(item).await })
+    fn start(self: Arc<Self>, item: Item<M>) -> Started<M> {
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        let event = match item {
+            Item::Event(event) if self.fast(&event) => event,
+            item => {
+                // Undecodable, expired or behind middleware: the whole lifecycle, boxed.
+                let mut fut: BoxFuture<'static, Option<Item<M>>> =
+                    Box::pin(async move { self.process_item(item).await });
+                return match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(back) => Started::Done(back),
+                    Poll::Pending => Started::Running(fut),
+                };
+            }
+        };
+        let Some(begun) = self.begin_attempt(&event, 1, &mut cx) else {
+            return Started::Done(Some(Item::Event(event)));
+        };
+        let first = match begun.first {
+            Poll::Ready(result) => self.end_attempt(result, begun.started),
+            Poll::Pending => {
+                return Started::Running(Box::pin(async move {
+                    let result = self.rest_of_attempt(begun).await;
+                    let outcome = match result {
+                        Ok(ended) => Outcome::Delivered(ended),
+                        Err(failure) => self.retry(&event, 1, failure).await,
+                    };
+                    self.conclude(event, outcome).await
+                }));
+            }
+        };
+        match first {
+            Ok(ended) => {
+                self.delivered(&event, ended);
+                Started::Done(None)
+            }
+            Err(failure) => Started::Running(Box::pin(async move {
+                let outcome = self.retry(&event, 1, failure).await;
+                self.conclude(event, outcome).await
+            })),
+        }
     }
     fn weight(&self) -> u32 {
         self.weight
@@ -74,6 +120,19 @@ impl<M: EventInfo, H: Handler<M>> GroupMember<M> for Member<M, H> {
     fn gate(&self) -> &Arc<Gate> {
         &self.gate
     }
+}
+
+/// An attempt whose handler was called and polled once (under the unsubscribe gate).
+struct Begun {
+    /// The first poll's result; the handler's future is in `rest` when pending.
+    first: Poll<Result<(), Failure>>,
+    rest: Option<BoxFuture<'static, Result<(), Failure>>>,
+    /// The `rest` future applies the deadline itself (a handler on another runtime,
+    /// aborted at its deadline).
+    self_timed: bool,
+    deadline: Option<Instant>,
+    started: Option<quanta::Instant>,
+    span: Option<tracing::Span>,
 }
 
 /// Why one attempt failed.
@@ -160,58 +219,6 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-/// The deadline of an attempt passed.
-struct TimedOut;
-
-pin_project_lite::pin_project! {
-    /// `tokio::time::timeout_at` that arms its timer only when the inner future is still
-    /// pending after a poll: most handlers finish on their first poll and never pay for
-    /// a timer entry.
-    struct LazyTimeout<F> {
-        #[pin]
-        fut: F,
-        deadline: Option<Instant>,
-        #[pin]
-        sleep: Option<tokio::time::Sleep>,
-    }
-}
-
-impl<F> LazyTimeout<F> {
-    fn new(fut: F, deadline: Option<Instant>) -> Self {
-        Self {
-            fut,
-            deadline,
-            sleep: None,
-        }
-    }
-}
-
-impl<F: Future> Future for LazyTimeout<F> {
-    type Output = Result<F::Output, TimedOut>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        if let Poll::Ready(output) = this.fut.poll(cx) {
-            return Poll::Ready(Ok(output));
-        }
-        let Some(deadline) = *this.deadline else {
-            return Poll::Pending;
-        };
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
-            _ => Poll::Pending,
-        }
-    }
-}
-
-/// Polls `fut` once; the caller keeps it if it is still pending.
-async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
-}
-
 impl<M, H> Member<M, H>
 where
     M: EventInfo,
@@ -244,11 +251,32 @@ where
         } else {
             self.through_middleware(&event).await
         };
+        self.conclude(event, outcome).await
+    }
+
+    /// Whether an event can take the fast path of [`GroupMember::start`]: no
+    /// middleware, and not expired.
+    fn fast(&self, event: &M) -> bool {
+        if !self.settings.middleware.is_empty() {
+            return false;
+        }
+        match self.settings.ttl {
+            None => true,
+            Some(ttl) => event.time().millis_until(Timestamp::now()) <= ttl.as_millis() as i64,
+        }
+    }
+
+    /// Counts a handled event.
+    fn delivered(&self, event: &M, ended: Option<quanta::Instant>) {
+        bump(&self.counters.delivered);
+        self.metrics.acked(event, ended);
+    }
+
+    /// Ends a delivery: counts it, or dead-letters it after its last failed attempt.
+    /// Gives the event back when the member left before an attempt could start.
+    async fn conclude(&self, event: Arc<M>, outcome: Outcome) -> Option<Item<M>> {
         match outcome {
-            Outcome::Delivered(ended) => {
-                bump(&self.counters.delivered);
-                self.metrics.acked(&*event, ended);
-            }
+            Outcome::Delivered(ended) => self.delivered(&event, ended),
             Outcome::Unsubscribed => return Some(Item::Event(event)),
             Outcome::Failed { attempts, reason } => match self.settings.mode {
                 DeliveryMode::AtMostOnce => {
@@ -342,17 +370,22 @@ where
     }
 
     async fn attempts(&self, event: &Arc<M>) -> Outcome {
+        match self.timed_attempt(event, 1).await {
+            Ok(ended) => Outcome::Delivered(ended),
+            Err(failure) => self.retry(event, 1, failure).await,
+        }
+    }
+
+    /// Attempt `attempt` failed: tries again after the retry delay while attempts remain.
+    async fn retry(&self, event: &Arc<M>, mut attempt: u32, mut failure: Failure) -> Outcome {
         let max = match self.settings.mode {
             DeliveryMode::AtMostOnce => 1,
             DeliveryMode::AtLeastOnce => self.settings.retry.max_attempts.max(1),
         };
-        let mut attempt = 1;
         loop {
-            let failure = match self.timed_attempt(event, attempt).await {
-                Ok(ended) => return Outcome::Delivered(ended),
-                Err(Failure::Unsubscribed) => return Outcome::Unsubscribed,
-                Err(failure) => failure,
-            };
+            if let Failure::Unsubscribed = failure {
+                return Outcome::Unsubscribed;
+            }
             let (reason, permanent) = failure.describe();
             if attempt >= max || permanent {
                 return Outcome::Failed {
@@ -368,6 +401,10 @@ where
             bump(&self.counters.retries);
             self.metrics.retried();
             attempt += 1;
+            failure = match self.timed_attempt(event, attempt).await {
+                Ok(ended) => return Outcome::Delivered(ended),
+                Err(failure) => failure,
+            };
         }
     }
 
@@ -383,12 +420,28 @@ where
         event: &Arc<M>,
         attempt: u32,
     ) -> Result<Option<quanta::Instant>, Failure> {
-        let deadline = self.settings.timeout.map(|t| Instant::now() + t);
-        let current: Arc<dyn EventInfo> = event.clone();
-        let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt);
-        let Some(guard) = self.gate.enter() else {
+        let begun =
+            std::future::poll_fn(|cx| Poll::Ready(self.begin_attempt(event, attempt, cx))).await;
+        let Some(begun) = begun else {
             return Err(Failure::Unsubscribed);
         };
+        if let Poll::Ready(result) = begun.first {
+            return self.end_attempt(result, begun.started);
+        }
+        self.rest_of_attempt(begun).await
+    }
+
+    /// Calls the handler and polls its future once, under the unsubscribe gate (`None`:
+    /// the member left). No timer is armed: most handlers finish on that poll.
+    fn begin_attempt(
+        &self,
+        event: &Arc<M>,
+        attempt: u32,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<Begun> {
+        let deadline = self.settings.timeout.map(|t| Instant::now() + t);
+        let ctx = Context::new(self.info.clone(), event.id(), deadline, attempt);
+        let guard = self.gate.enter()?;
         let span = (self.metrics.on() && crate::obs::spans_wanted()).then(|| {
             crate::obs::handle_span(
                 &**event,
@@ -398,18 +451,53 @@ where
             )
         });
         let started = self.metrics.clock();
-        let run = self.run_handler(event.clone(), ctx, current, deadline);
-        // No span at all when none is wanted (see `obs::handle_span`).
-        let mut fut = pin!(match span {
-            Some(span) => Either::Left(tracing::Instrument::instrument(run, span)),
-            None => Either::Right(run),
-        });
-        let first = poll_once(&mut fut).await;
-        drop(guard);
-        let result = match first {
-            Poll::Ready(result) => result,
-            Poll::Pending => fut.await,
+        let call = || {
+            let (mut fut, self_timed) = self.handler_future(event.clone(), ctx, deadline);
+            let first = fut.as_mut().poll(cx);
+            (fut, self_timed, first)
         };
+        let (fut, self_timed, first) = match &span {
+            Some(span) => span.in_scope(call),
+            None => call(),
+        };
+        drop(guard);
+        Some(Begun {
+            rest: first.is_pending().then_some(fut),
+            first,
+            self_timed,
+            deadline,
+            started,
+            span,
+        })
+    }
+
+    /// Waits for a handler that did not finish on its first poll, up to its deadline.
+    async fn rest_of_attempt(&self, begun: Begun) -> Result<Option<quanta::Instant>, Failure> {
+        let Some(fut) = begun.rest else {
+            unreachable!("an attempt pending after its first poll keeps its future");
+        };
+        let fut = match begun.span {
+            Some(span) => Either::Left(tracing::Instrument::instrument(fut, span)),
+            None => Either::Right(fut),
+        };
+        let result = match begun.deadline {
+            Some(deadline) if !begun.self_timed => {
+                match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure::Timeout(self.settings.timeout.unwrap_or_default())),
+                }
+            }
+            _ => fut.await,
+        };
+        self.end_attempt(result, begun.started)
+    }
+
+    /// Records how an attempt ended; returns when it ended (if timed).
+    fn end_attempt(
+        &self,
+        result: Result<(), Failure>,
+        started: Option<quanta::Instant>,
+    ) -> Result<Option<quanta::Instant>, Failure> {
         let outcome = match &result {
             Ok(()) => Attempted::Ack,
             Err(Failure::Error(_)) => Attempted::Nack,
@@ -421,56 +509,55 @@ where
         result.map(|()| ended)
     }
 
-    async fn run_handler(
+    /// The handler's future for one attempt, not yet polled: it catches panics and sets
+    /// the current event (the cause of what the handler publishes). The flag says
+    /// whether it applies the deadline itself.
+    fn handler_future(
         &self,
         event: Arc<M>,
         ctx: Context,
-        current: Arc<dyn EventInfo>,
         deadline: Option<Instant>,
-    ) -> Result<(), Failure> {
-        let timeout = self.settings.timeout.unwrap_or_default();
-        match &self.settings.executor {
-            Executor::Inline => {
-                let handler = &self.handler;
-                let call =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event, ctx)));
-                let fut = match call {
-                    Ok(fut) => fut,
-                    Err(panic) => return Err(Failure::Panic(panic_message(&*panic))),
-                };
-                let fut = CURRENT_EVENT.scope(current, AssertUnwindSafe(fut).catch_unwind());
-                let result = match LazyTimeout::new(fut, deadline).await {
-                    Ok(result) => result,
-                    Err(TimedOut) => return Err(Failure::Timeout(timeout)),
-                };
-                match result {
-                    Ok(result) => result.map_err(Failure::Error),
-                    Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
-                }
+    ) -> (BoxFuture<'static, Result<(), Failure>>, bool) {
+        let current: Arc<dyn EventInfo> = event.clone();
+        let handler = self.handler.clone();
+        let call = async move {
+            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event, ctx)))
+                .map_err(|panic| Failure::Panic(panic_message(&*panic)))?;
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(result) => result.map_err(Failure::Error),
+                Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
             }
+        };
+        match &self.settings.executor {
+            Executor::Inline => (Box::pin(CURRENT_EVENT.scope(current, call)), false),
             Executor::Runtime(runtime) => {
-                let handler = self.handler.clone();
+                let timeout = self.settings.timeout.unwrap_or_default();
                 let task = runtime.spawn(tracing::Instrument::in_current_span(
-                    CURRENT_EVENT.scope(current, async move { handler.handle(event, ctx).await }),
+                    CURRENT_EVENT.scope(current, call),
                 ));
                 let abort = task.abort_handle();
-                let joined = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, task).await {
-                        Ok(joined) => joined,
-                        Err(_) => {
-                            abort.abort();
-                            return Err(Failure::Timeout(timeout));
+                let joined = async move {
+                    let joined = match deadline {
+                        Some(deadline) => match tokio::time::timeout_at(deadline, task).await {
+                            Ok(joined) => joined,
+                            Err(_) => {
+                                abort.abort();
+                                return Err(Failure::Timeout(timeout));
+                            }
+                        },
+                        None => task.await,
+                    };
+                    match joined {
+                        Ok(result) => result,
+                        Err(e) if e.is_panic() => {
+                            Err(Failure::Panic(panic_message(&*e.into_panic())))
                         }
-                    },
-                    None => task.await,
+                        Err(e) => Err(Failure::Error(HandlerError::msg(format!(
+                            "handler task cancelled: {e}"
+                        )))),
+                    }
                 };
-                match joined {
-                    Ok(result) => result.map_err(Failure::Error),
-                    Err(e) if e.is_panic() => Err(Failure::Panic(panic_message(&*e.into_panic()))),
-                    Err(e) => Err(Failure::Error(HandlerError::msg(format!(
-                        "handler task cancelled: {e}"
-                    )))),
-                }
+                (Box::pin(joined), true)
             }
         }
     }

@@ -1,10 +1,16 @@
 //! Delivery counters and the shutdown report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use crossbeam_utils::CachePadded;
+
+/// Delivery counters of one group (or synchronous sink, or durable subscription). Each
+/// group has its own, on cache lines of their own: groups on different cores, and the
+/// publishers, never write the same line.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
-    pub(crate) published: AtomicU64,
     pub(crate) deliveries: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) failed: AtomicU64,
@@ -19,17 +25,75 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
+    fn fields(&self) -> [&AtomicU64; 7] {
+        [
+            &self.deliveries,
+            &self.delivered,
+            &self.failed,
+            &self.dead_lettered,
+            &self.expired,
+            &self.dropped,
+            &self.retries,
+        ]
+    }
+
+    fn add_to(&self, totals: &mut [u64; 7]) {
+        for (total, field) in totals.iter_mut().zip(self.fields()) {
+            *total += field.load(Ordering::Acquire);
+        }
+    }
+}
+
+/// The bus's counters: publishes, and the counters of every group, summed on demand.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    published: CachePadded<AtomicU64>,
+    groups: Mutex<Vec<Arc<Counters>>>,
+    /// What groups that are gone counted.
+    retired: Mutex<[u64; 7]>,
+}
+
+impl Tally {
+    pub(crate) fn published(&self) -> &AtomicU64 {
+        &self.published
+    }
+
+    /// New counters for a group, included in the bus's from now on.
+    pub(crate) fn group(&self) -> Arc<Counters> {
+        let counters = Arc::new(Counters::default());
+        let mut groups = crate::topic::lock(&self.groups);
+        // Fold the counters nobody else holds any more (their group is gone, so they
+        // cannot change) into the retired totals.
+        let mut retired = crate::topic::lock(&self.retired);
+        groups.retain(|c| {
+            let gone = Arc::strong_count(c) == 1;
+            if gone {
+                c.add_to(&mut retired);
+            }
+            !gone
+        });
+        groups.push(counters.clone());
+        counters
+    }
+
     pub(crate) fn snapshot(&self) -> BusStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
-        let deliveries = get(&self.deliveries);
-        let delivered = get(&self.delivered);
-        let failed = get(&self.failed);
-        let dead_lettered = get(&self.dead_lettered);
-        let expired = get(&self.expired);
-        let dropped = get(&self.dropped);
+        let groups = crate::topic::lock(&self.groups);
+        let mut totals = *crate::topic::lock(&self.retired);
+        for counters in groups.iter() {
+            counters.add_to(&mut totals);
+        }
+        let [
+            deliveries,
+            delivered,
+            failed,
+            dead_lettered,
+            expired,
+            dropped,
+            retries,
+        ] = totals;
         let settled = delivered + failed + dead_lettered + expired + dropped;
         BusStats {
-            published: get(&self.published),
+            published: self.published.load(Ordering::Acquire),
             deliveries,
             delivered,
             failed,
@@ -37,7 +101,7 @@ impl Counters {
             expired,
             not_delivered: dropped,
             in_flight: deliveries.saturating_sub(settled),
-            retries: get(&self.retries),
+            retries,
         }
     }
 }
