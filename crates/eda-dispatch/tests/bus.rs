@@ -1011,3 +1011,118 @@ async fn pattern_groups_see_topics_created_by_sized_subscriptions() {
         "the pattern group missed the topic"
     );
 }
+
+/// A handler that panics in `handle` itself, before it returns a future, for even ids.
+struct PanicsBeforeItsFuture {
+    handled: Arc<AtomicU64>,
+}
+
+impl eda_core::Handler<Envelope<OrderCreated>> for PanicsBeforeItsFuture {
+    fn handle(
+        &self,
+        event: Arc<Envelope<OrderCreated>>,
+        _ctx: Context,
+    ) -> impl std::future::Future<Output = HandlerResult> + Send {
+        assert!(event.payload.order_id % 2 == 1, "even order");
+        let handled = self.handled.clone();
+        async move {
+            handled.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_before_the_handler_returns_its_future_is_a_failed_attempt() {
+    let dead = MemoryDeadLetters::default();
+    let bus = Bus::builder().dead_letter_sink(dead.clone()).build();
+    let handled = Arc::new(AtomicU64::new(0));
+    let _sub = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .name("picky")
+                .retry(RetryPolicy::attempts(2).backoff(Duration::ZERO, Duration::ZERO)),
+            PanicsBeforeItsFuture {
+                handled: handled.clone(),
+            },
+        )
+        .unwrap();
+    for id in 1..=100 {
+        bus.publish(order(id)).await.unwrap();
+    }
+    let report = bus.shutdown(Duration::from_secs(30)).await;
+    assert!(report.drained);
+    // The odd ones around each panic were handled, once each.
+    assert_eq!(handled.load(Ordering::Relaxed), 50);
+    let letters = dead.letters();
+    assert_eq!(letters.len(), 50);
+    for letter in &letters {
+        assert_eq!(
+            letter
+                .event
+                .decode::<OrderCreated>()
+                .unwrap()
+                .payload
+                .order_id
+                % 2,
+            0
+        );
+        assert_eq!(letter.attempts, 2);
+        assert!(
+            letter.reason.contains("panicked: even order"),
+            "{}",
+            letter.reason
+        );
+    }
+    assert_eq!(report.stats.published, 100);
+    assert_eq!(report.stats.deliveries, 100);
+    assert_eq!(report.stats.delivered, 50);
+    assert_eq!(report.stats.dead_lettered, 50);
+    assert_eq!(report.stats.retries, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_keep_what_groups_that_are_gone_counted() {
+    let bus = Bus::new();
+    let count = Arc::new(AtomicU64::new(0));
+    let subscribe = |name: &str| {
+        let count = count.clone();
+        bus.subscribe_with(
+            SubscribeOptions::new().name(name),
+            move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
+                count.fetch_add(1, Ordering::Relaxed);
+                async { Ok(()) }
+            },
+        )
+        .unwrap()
+    };
+    let wait_for = async |n: u64| {
+        while count.load(Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let first = subscribe("first");
+    let second = subscribe("second");
+    for id in 0..10 {
+        bus.publish(order(id)).await.unwrap();
+    }
+    wait_for(20).await;
+    drop(first);
+    drop(second);
+    // Their processors finish and let go of the groups' counters; groups made after
+    // that fold those counters into the bus's totals.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _third = subscribe("third");
+    let _fourth = subscribe("fourth");
+    for id in 10..15 {
+        bus.publish(order(id)).await.unwrap();
+    }
+    wait_for(30).await;
+    let stats = bus.stats();
+    assert_eq!(stats.published, 15);
+    assert_eq!(stats.delivered, 30);
+    // A processor still finishing when the last five were published counts them as
+    // not delivered.
+    assert_eq!(stats.deliveries, 30 + stats.not_delivered);
+    assert_eq!(stats.in_flight, 0);
+}
