@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -90,6 +91,9 @@ pub(crate) struct Inner {
 }
 
 /// Who gets what: read on every publish, rebuilt on every (un)subscribe.
+/// What is left of a publish that must wait (for room in a ring, or for a store).
+type Rest<'a> = eda_core::BoxFuture<'a, Result<(), PublishError>>;
+
 #[derive(Clone, Default)]
 struct Routing {
     /// Looked up on every publish: foldhash, not SipHash (keys are our own type names).
@@ -423,7 +427,7 @@ impl Bus {
     /// Errors of synchronous subscribers come back as [`PublishError::Handlers`] after
     /// every subscriber got the event.
     pub async fn publish<E: Event>(&self, payload: E) -> Result<EventId, PublishError> {
-        self.publish_envelope(Envelope::new(payload)).await
+        self.publish_shared(Arc::new(Envelope::new(payload))).await
     }
 
     /// Publishes an envelope built by the caller (its id, time, source and metadata are
@@ -432,14 +436,20 @@ impl Bus {
         &self,
         envelope: Envelope<E>,
     ) -> Result<EventId, PublishError> {
-        match self.publish_span(E::TYPE, envelope.id) {
-            Some(span) => {
-                self.publish_envelope_in_span(envelope)
-                    .instrument(span)
-                    .await
-            }
-            None => self.publish_envelope_in_span(envelope).await,
-        }
+        self.publish_shared(Arc::new(envelope)).await
+    }
+
+    /// Publishes a new envelope (not shared yet: it is stamped in place). In an `Arc`
+    /// from the start, so that the publish futures carry a pointer, not the envelope.
+    async fn publish_shared<E: Event>(
+        &self,
+        envelope: Arc<Envelope<E>>,
+    ) -> Result<EventId, PublishError> {
+        let span = self.publish_span(E::TYPE, envelope.id);
+        let id = envelope.id;
+        let rest = crate::obs::in_span(span.clone(), || self.publish_envelope_now(envelope))?;
+        self.publish_rest(rest, span).await?;
+        Ok(id)
     }
 
     /// The `eda.publish` span of one event.
@@ -451,12 +461,19 @@ impl Bus {
         crate::obs::publish_span(event_type, id, || self.inner.config.topic_of(event_type))
     }
 
-    async fn publish_envelope_in_span<E: Event>(
+    /// A publish up to where it would wait: stamps the envelope, runs the synchronous
+    /// groups and appends to the topic's ring if it has room. What is left (waiting for
+    /// room, or a durable topic's store append) comes back boxed, so that the future of
+    /// `publish` stays small (it was ~2.9 KB, moved around on every publish).
+    fn publish_envelope_now<E: Event>(
         &self,
-        mut envelope: Envelope<E>,
-    ) -> Result<EventId, PublishError> {
+        mut envelope: Arc<Envelope<E>>,
+    ) -> Result<Option<Rest<'_>>, PublishError> {
         self.check_open(envelope.id)?;
-        self.stamp_envelope(&mut envelope);
+        // Always: the envelope is new, nobody else holds it yet.
+        if let Some(envelope) = Arc::get_mut(&mut envelope) {
+            self.stamp_envelope(envelope);
+        }
         if let Some((topic, commit)) = self.durable_of(E::TYPE) {
             let raw = envelope
                 .to_raw(&commit.options.codec)
@@ -465,12 +482,23 @@ impl Bus {
                     topic: topic.to_owned(),
                     reason: e.to_string(),
                 })?;
-            return self.append_durable(topic, commit, raw).await;
+            return Ok(Some(Box::pin(self.append_durable(topic, commit, raw))));
         }
-        let envelope = Arc::new(envelope);
-        self.dispatch(&Offer::typed(&envelope), envelope.clone())
-            .await?;
-        Ok(envelope.id)
+        self.dispatch_now(&Offer::typed(&envelope), envelope.clone(), true)
+    }
+
+    /// Awaits what [`publish_envelope_now`](Self::publish_envelope_now) left, in the
+    /// publish's span.
+    async fn publish_rest(
+        &self,
+        rest: Option<Rest<'_>>,
+        span: Option<tracing::Span>,
+    ) -> Result<(), PublishError> {
+        match (rest, span) {
+            (None, _) => Ok(()),
+            (Some(rest), Some(span)) => rest.instrument(span).await,
+            (Some(rest), None) => rest.await,
+        }
     }
 
     /// Publishes events one after another; stops at the first error. On a durable topic
@@ -560,29 +588,42 @@ impl Bus {
     /// Publishes a type-erased record (e.g. from a store or another service). Typed
     /// subscribers decode it; one that cannot decode it dead-letters it with the reason,
     /// and the events around it flow on.
-    pub async fn publish_raw(&self, raw: RawEvent) -> Result<EventId, PublishError> {
-        match self.publish_span(&raw.event_type, raw.id) {
-            Some(span) => self.publish_raw_in_span(raw).instrument(span).await,
-            None => self.publish_raw_in_span(raw).await,
-        }
+    pub fn publish_raw(
+        &self,
+        raw: RawEvent,
+    ) -> impl Future<Output = Result<EventId, PublishError>> + Send + '_ {
+        // Into an `Arc` at once: the future carries a pointer, not the record.
+        self.publish_raw_shared(Arc::new(raw))
     }
 
-    async fn publish_raw_in_span(&self, mut raw: RawEvent) -> Result<EventId, PublishError> {
+    /// [`publish_shared`](Self::publish_shared) for a record.
+    async fn publish_raw_shared(&self, raw: Arc<RawEvent>) -> Result<EventId, PublishError> {
+        let span = self.publish_span(&raw.event_type, raw.id);
+        let id = raw.id;
+        let rest = crate::obs::in_span(span.clone(), || self.publish_raw_now(raw))?;
+        self.publish_rest(rest, span).await?;
+        Ok(id)
+    }
+
+    /// [`publish_envelope_now`](Self::publish_envelope_now) for a record.
+    fn publish_raw_now(&self, mut raw: Arc<RawEvent>) -> Result<Option<Rest<'_>>, PublishError> {
         self.check_open(raw.id)?;
-        let event_type = raw.event_type.clone();
-        self.stamp(
-            &event_type,
-            raw.id,
-            &mut raw.time,
-            &mut raw.source,
-            &mut raw.metadata,
-        );
-        if let Some((topic, commit)) = self.durable_of(&event_type) {
-            return self.append_durable(topic, commit, raw).await;
+        // Always: the record is new, nobody else holds it yet.
+        if let Some(raw) = Arc::get_mut(&mut raw) {
+            let event_type = raw.event_type.clone();
+            self.stamp(
+                &event_type,
+                raw.id,
+                &mut raw.time,
+                &mut raw.source,
+                &mut raw.metadata,
+            );
         }
-        let raw = Arc::new(raw);
-        self.dispatch(&Offer::raw(&raw), raw.clone()).await?;
-        Ok(raw.id)
+        if let Some((topic, commit)) = self.durable_of(&raw.event_type) {
+            let raw = Arc::unwrap_or_clone(raw);
+            return Ok(Some(Box::pin(self.append_durable(topic, commit, raw))));
+        }
+        self.dispatch_now(&Offer::raw(&raw), raw.clone(), true)
     }
 
     /// The committer of `event_type`'s topic, if that topic is durable.
@@ -602,7 +643,7 @@ impl Bus {
         topic: &str,
         commit: &GroupCommit,
         raw: RawEvent,
-    ) -> Result<EventId, PublishError> {
+    ) -> Result<(), PublishError> {
         let event_id = raw.id;
         let event_type = raw.event_type.clone();
         commit
@@ -615,7 +656,7 @@ impl Bus {
             })?;
         self.published_counter(&event_type).increment(1);
         bump(self.inner.counters.published());
-        Ok(event_id)
+        Ok(())
     }
 
     fn check_open(&self, event_id: EventId) -> Result<(), PublishError> {
@@ -797,36 +838,39 @@ impl Bus {
         }
     }
 
-    async fn dispatch(
+    /// Runs the synchronous groups and appends to the topic's ring if it has room.
+    /// `Ok(Some(rest))`: the ring is full and `wait` allows waiting; `rest` waits for
+    /// room (up to the dispatch timeout) and appends.
+    fn dispatch_now(
         &self,
         offer: &Offer<'_>,
         event: Arc<dyn EventInfo>,
-    ) -> Result<(), PublishError> {
+        wait: bool,
+    ) -> Result<Option<Rest<'_>>, PublishError> {
         let mut failures = Vec::new();
-        // Borrowed from the routing snapshot while the ring has room (no reference count
-        // touched); owned when the publish must wait, as nothing is held across `await`.
-        let waiting = {
-            let routing = self.inner.routing.load();
-            let (topic, published) = self.run_sync(&routing, offer, &mut failures);
-            let slot = match &topic {
-                Some(topic) => self.try_append(topic, event, true)?,
-                None => None,
-            };
-            match (slot, topic) {
-                (Some(slot), Some(topic)) => {
-                    Some((topic.into_owned(), published.into_owned(), slot))
-                }
-                _ => {
-                    published.increment(1);
-                    None
-                }
-            }
+        let event_id = offer.info.id();
+        // Borrowed from the routing snapshot: no reference count touched while the ring
+        // has room; owned by what is left when the publish must wait.
+        let routing = self.inner.routing.load();
+        let (topic, published) = self.run_sync(&routing, offer, &mut failures);
+        let slot = match &topic {
+            Some(topic) => self.try_append(topic, event, wait)?,
+            None => None,
         };
-        if let Some((topic, published, slot)) = waiting {
-            self.append_waiting(&topic, slot).await?;
-            published.increment(1);
+        match (slot, topic) {
+            (Some(slot), Some(topic)) => {
+                let (topic, published) = (topic.into_owned(), published.into_owned());
+                Ok(Some(Box::pin(async move {
+                    self.append_waiting(&topic, slot).await?;
+                    published.increment(1);
+                    self.finish(event_id, failures)
+                })))
+            }
+            _ => {
+                published.increment(1);
+                self.finish(event_id, failures).map(|()| None)
+            }
         }
-        self.finish(offer, failures)
     }
 
     fn try_dispatch(
@@ -834,29 +878,19 @@ impl Bus {
         offer: &Offer<'_>,
         event: Arc<dyn EventInfo>,
     ) -> Result<(), PublishError> {
-        let mut failures = Vec::new();
-        // Borrowed from the snapshot: no reference count touched per publish.
-        let routing = self.inner.routing.load();
-        let (topic, published) = self.run_sync(&routing, offer, &mut failures);
-        if let Some(topic) = topic {
-            // Never waits: a full ring is an error here.
-            self.try_append(&topic, event, false)?;
+        match self.dispatch_now(offer, event, false)? {
+            None => Ok(()),
+            Some(_) => unreachable!("a publish that may not wait never waits"),
         }
-        published.increment(1);
-        drop(routing);
-        self.finish(offer, failures)
     }
 
     /// The event reached every subscription.
-    fn finish(&self, offer: &Offer<'_>, failures: Vec<SyncFailure>) -> Result<(), PublishError> {
+    fn finish(&self, event_id: EventId, failures: Vec<SyncFailure>) -> Result<(), PublishError> {
         bump(self.inner.counters.published());
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(PublishError::Handlers {
-                event_id: offer.info.id(),
-                failures,
-            })
+            Err(PublishError::Handlers { event_id, failures })
         }
     }
 
