@@ -191,26 +191,39 @@ fn eda_sync(subs: usize, n: u64) -> Duration {
     elapsed
 }
 
-fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -> Duration {
-    rt.block_on(async {
-        let bus = Bus::new();
-        let count = Arc::new(AtomicU64::new(0));
-        let _subs: Vec<_> = (0..subs)
-            .map(|_| {
-                let count = count.clone();
-                let options = if timeout {
-                    SubscribeOptions::new()
-                } else {
-                    SubscribeOptions::new().no_timeout()
-                };
-                bus.subscribe_with(options, move |e: Arc<Envelope<Tick>>, _c: Context| {
+/// `subs` async subscribers (groups) of `Tick` that count what they handle.
+fn counting_subscribers(
+    bus: &Bus,
+    subs: usize,
+    options: SubscribeOptions,
+) -> (Arc<AtomicU64>, Vec<eda_dispatch::Subscription>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let subscriptions = (0..subs)
+        .map(|_| {
+            let count = count.clone();
+            bus.subscribe_with(
+                options.clone(),
+                move |e: Arc<Envelope<Tick>>, _c: Context| {
                     black_box(e.payload.n);
                     count.fetch_add(1, Ordering::Relaxed);
                     async { Ok(()) }
-                })
-                .unwrap()
-            })
-            .collect();
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    (count, subscriptions)
+}
+
+fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -> Duration {
+    rt.block_on(async {
+        let bus = Bus::new();
+        let options = if timeout {
+            SubscribeOptions::new()
+        } else {
+            SubscribeOptions::new().no_timeout()
+        };
+        let (count, _subs) = counting_subscribers(&bus, subs, options);
         let start = Instant::now();
         for i in 0..n {
             bus.publish(Tick { n: i }).await.unwrap();
@@ -224,8 +237,8 @@ fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -
 
 /// Each side of the bus alone, on one thread: a current-thread runtime publishes a
 /// ring's worth of events with `publish` (never waiting: there is room, and the
-/// group's processor cannot run meanwhile),
-/// then lets the processor handle them all; repeated `rounds` times. Returns the
+/// group's processor cannot run meanwhile), then lets the processor handle them all;
+/// repeated `rounds` times. Returns the
 /// publishing time and the handling time. No wake-up or scheduling between the two
 /// sides is measured: what each costs per event, on a warm cache.
 fn eda_sides(subs: usize, ring: u64, rounds: u64) -> (Duration, Duration) {
@@ -235,18 +248,7 @@ fn eda_sides(subs: usize, ring: u64, rounds: u64) -> (Duration, Duration) {
         .unwrap();
     rt.block_on(async {
         let bus = Bus::builder().queue_capacity(ring as usize).build();
-        let count = Arc::new(AtomicU64::new(0));
-        let _subs: Vec<_> = (0..subs)
-            .map(|_| {
-                let count = count.clone();
-                bus.subscribe(move |e: Arc<Envelope<Tick>>, _c: Context| {
-                    black_box(e.payload.n);
-                    count.fetch_add(1, Ordering::Relaxed);
-                    async { Ok(()) }
-                })
-                .unwrap()
-            })
-            .collect();
+        let (count, _subs) = counting_subscribers(&bus, subs, SubscribeOptions::new());
         let (mut publishing, mut handling) = (Duration::ZERO, Duration::ZERO);
         for round in 0..rounds {
             let start = Instant::now();

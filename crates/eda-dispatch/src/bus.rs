@@ -90,10 +90,10 @@ pub(crate) struct Inner {
     intake: CancellationToken,
 }
 
-/// Who gets what: read on every publish, rebuilt on every (un)subscribe.
 /// What is left of a publish that must wait (for room in a ring, or for a store).
 type Rest<'a> = eda_core::BoxFuture<'a, Result<(), PublishError>>;
 
+/// Who gets what: read on every publish, rebuilt on every (un)subscribe.
 #[derive(Clone, Default)]
 struct Routing {
     /// Looked up on every publish: foldhash, not SipHash (keys are our own type names).
@@ -447,8 +447,23 @@ impl Bus {
     ) -> Result<EventId, PublishError> {
         let span = self.publish_span(E::TYPE, envelope.id);
         let id = envelope.id;
-        let rest = crate::obs::in_span(span.clone(), || self.publish_envelope_now(envelope))?;
-        self.publish_rest(rest, span).await?;
+        self.publish_in_span(id, span, || self.publish_envelope_now(envelope))
+            .await
+    }
+
+    /// Runs a publish's synchronous part (`now`), then awaits what it left, both in the
+    /// publish's span.
+    async fn publish_in_span<'a>(
+        &'a self,
+        id: EventId,
+        span: Option<tracing::Span>,
+        now: impl FnOnce() -> Result<Option<Rest<'a>>, PublishError>,
+    ) -> Result<EventId, PublishError> {
+        match (crate::obs::in_span(span.clone(), now)?, span) {
+            (None, _) => {}
+            (Some(rest), Some(span)) => rest.instrument(span).await?,
+            (Some(rest), None) => rest.await?,
+        }
         Ok(id)
     }
 
@@ -485,20 +500,6 @@ impl Bus {
             return Ok(Some(Box::pin(self.append_durable(topic, commit, raw))));
         }
         self.dispatch_now(&Offer::typed(&envelope), envelope.clone(), true)
-    }
-
-    /// Awaits what [`publish_envelope_now`](Self::publish_envelope_now) left, in the
-    /// publish's span.
-    async fn publish_rest(
-        &self,
-        rest: Option<Rest<'_>>,
-        span: Option<tracing::Span>,
-    ) -> Result<(), PublishError> {
-        match (rest, span) {
-            (None, _) => Ok(()),
-            (Some(rest), Some(span)) => rest.instrument(span).await,
-            (Some(rest), None) => rest.await,
-        }
     }
 
     /// Publishes events one after another; stops at the first error. On a durable topic
@@ -600,9 +601,8 @@ impl Bus {
     async fn publish_raw_shared(&self, raw: Arc<RawEvent>) -> Result<EventId, PublishError> {
         let span = self.publish_span(&raw.event_type, raw.id);
         let id = raw.id;
-        let rest = crate::obs::in_span(span.clone(), || self.publish_raw_now(raw))?;
-        self.publish_rest(rest, span).await?;
-        Ok(id)
+        self.publish_in_span(id, span, || self.publish_raw_now(raw))
+            .await
     }
 
     /// [`publish_envelope_now`](Self::publish_envelope_now) for a record.
@@ -795,22 +795,22 @@ impl Bus {
         if topic.ring.is_closed() {
             return Err(PublishError::ShutDown { event_id });
         }
-        let policy = topic.slowest_group().map(|(_, policy)| policy);
-        if !wait || policy == Some(Backpressure::Fail) {
+        let (group, policy) = Self::slowest(topic);
+        if !wait || policy == Backpressure::Fail {
             topic.metrics.timeouts.increment(1);
             return Err(PublishError::Full {
                 event_id,
-                subscription: Self::slowest_name(topic),
+                subscription: group.to_string(),
             });
         }
         Ok(slot)
     }
 
-    /// The group a full ring waits for, for errors.
-    fn slowest_name(topic: &Topic) -> String {
+    /// The group a full ring waits for, and its policy.
+    fn slowest(topic: &Topic) -> (Arc<str>, Backpressure) {
         topic
             .slowest_group()
-            .map_or_else(|| "?".to_owned(), |(group, _)| group.to_string())
+            .unwrap_or_else(|| (Arc::from("?"), Backpressure::Block))
     }
 
     /// Waits up to the topic's dispatch timeout for room for `slot` in its full ring.
@@ -826,7 +826,7 @@ impl Bus {
                     topic.metrics.timeouts.increment(1);
                     return Err(PublishError::Timeout {
                         event_id,
-                        subscription: Self::slowest_name(topic),
+                        subscription: Self::slowest(topic).0.to_string(),
                         waited: topic.dispatch_timeout,
                     });
                 }

@@ -234,17 +234,13 @@ where
                 return None;
             }
         };
-        if let Some(ttl) = self.settings.ttl {
-            let age = event.time().millis_until(Timestamp::now());
-            if age > ttl.as_millis() as i64 {
-                bump(&self.counters.expired);
-                let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
-                // Counted as expired whether or not the sink took it.
-                if self.dead_letter(&*event, 0, reason).await {
-                    self.metrics.dead_lettered(DeadReason::Expired);
-                }
-                return None;
+        if let Some(reason) = self.expired(&event) {
+            bump(&self.counters.expired);
+            // Counted as expired whether or not the sink took it.
+            if self.dead_letter(&*event, 0, reason).await {
+                self.metrics.dead_lettered(DeadReason::Expired);
             }
+            return None;
         }
         let outcome = if self.settings.middleware.is_empty() {
             self.attempts(&event).await
@@ -257,13 +253,15 @@ where
     /// Whether an event can take the fast path of [`GroupMember::start`]: no
     /// middleware, and not expired.
     fn fast(&self, event: &M) -> bool {
-        if !self.settings.middleware.is_empty() {
-            return false;
-        }
-        match self.settings.ttl {
-            None => true,
-            Some(ttl) => event.time().millis_until(Timestamp::now()) <= ttl.as_millis() as i64,
-        }
+        self.settings.middleware.is_empty() && self.expired(event).is_none()
+    }
+
+    /// Why the event is too old for the topic's TTL, if it is.
+    fn expired(&self, event: &M) -> Option<String> {
+        let ttl = self.settings.ttl?;
+        let age = event.time().millis_until(Timestamp::now());
+        (age > ttl.as_millis() as i64)
+            .then(|| format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis()))
     }
 
     /// Counts a handled event.
@@ -595,31 +593,20 @@ where
                 return;
             }
         };
-        if let Some(ttl) = self.settings.ttl {
-            let age = event.time().millis_until(Timestamp::now());
-            if age > ttl.as_millis() as i64 {
-                let reason = format!("expired: {age} ms old, topic TTL {} ms", ttl.as_millis());
-                match event.to_raw_event() {
-                    Ok(raw) => {
-                        self.durable_dead_letter(
-                            store,
-                            raw,
-                            0,
-                            reason,
-                            delivery,
-                            DeadReason::Expired,
-                        )
+        if let Some(reason) = self.expired(&event) {
+            match event.to_raw_event() {
+                Ok(raw) => {
+                    self.durable_dead_letter(store, raw, 0, reason, delivery, DeadReason::Expired)
                         .await
-                    }
-                    Err(e) => {
-                        tracing::error!(event_id = %event.id(), error = %e, "cannot encode expired event");
-                        // Not acked: it comes back, and the write is tried again.
-                        bump(&self.counters.deliveries);
-                        bump(&self.counters.failed);
-                    }
                 }
-                return;
+                Err(e) => {
+                    tracing::error!(event_id = %event.id(), error = %e, "cannot encode expired event");
+                    // Not acked: it comes back, and the write is tried again.
+                    bump(&self.counters.deliveries);
+                    bump(&self.counters.failed);
+                }
             }
+            return;
         }
         match self.durable_attempt(&event, attempt).await {
             Ok(()) => {
