@@ -3,6 +3,8 @@
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
@@ -126,11 +128,13 @@ pub struct Timestamp(i64);
 
 impl Timestamp {
     /// The current wall-clock time.
+    ///
+    /// Read from the CPU's time-stamp counter ([quanta]) and anchored to the system
+    /// clock, which is read again once a second: about a third of the cost of
+    /// `SystemTime::now()` (every publish stamps its event). So a step of the system
+    /// clock (an NTP correction, a manual change) shows here within a second.
     pub fn now() -> Self {
-        let d = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Self(d.as_millis() as i64)
+        Self(wall_clock_nanos().div_euclid(1_000_000))
     }
 
     /// From milliseconds since the Unix epoch.
@@ -180,6 +184,48 @@ impl Timestamp {
     }
 }
 
+/// The system clock in nanoseconds since the Unix epoch.
+fn system_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The wall clock in nanoseconds since the Unix epoch: the time-stamp counter's
+/// nanoseconds since an anchor plus the system clock's offset from them, taken again
+/// when a second has passed since the last anchoring.
+fn wall_clock_nanos() -> i64 {
+    struct Anchor {
+        clock: quanta::Clock,
+        base: u64,
+        /// System nanoseconds minus counter nanoseconds since `base`.
+        offset: AtomicI64,
+        /// Counter nanoseconds since `base` at which to anchor again.
+        next: AtomicI64,
+    }
+    const REANCHOR_NANOS: i64 = 1_000_000_000;
+    static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+    let anchor = ANCHOR.get_or_init(|| {
+        let clock = quanta::Clock::new();
+        let base = clock.raw();
+        Anchor {
+            offset: AtomicI64::new(system_nanos()),
+            next: AtomicI64::new(REANCHOR_NANOS),
+            base,
+            clock,
+        }
+    });
+    let since = anchor.clock.delta_as_nanos(anchor.base, anchor.clock.raw()) as i64;
+    if since >= anchor.next.load(Ordering::Relaxed) {
+        // Racing threads each store a valid offset.
+        anchor
+            .offset
+            .store(system_nanos() - since, Ordering::Relaxed);
+        anchor.next.store(since + REANCHOR_NANOS, Ordering::Relaxed);
+    }
+    since + anchor.offset.load(Ordering::Relaxed)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())
@@ -207,6 +253,21 @@ mod tests {
             "{before:?} <= {t:?} <= {after:?}"
         );
         assert_eq!(EventId::from_uuid(Uuid::new_v4()).timestamp(), None);
+    }
+
+    #[test]
+    fn now_follows_the_system_clock() {
+        for _ in 0..1_000 {
+            let before = system_nanos().div_euclid(1_000_000);
+            let now = Timestamp::now().unix_millis();
+            let after = system_nanos().div_euclid(1_000_000);
+            // The counter's rate is calibrated against the system clock, not equal to
+            // it: allow a few milliseconds of drift between anchorings.
+            assert!(
+                before - 5 <= now && now <= after + 5,
+                "{before} <= {now} <= {after}"
+            );
+        }
     }
 
     #[test]
