@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::balancer::{Balancer, BalancerState, MemberLoad};
 use crate::gate::Gate;
 use crate::item::Item;
-use crate::runner::{GroupMember, Started};
+use crate::runner::{GroupMember, RunClock, Started};
 use crate::sink::Accepts;
 use crate::stats::{Counters, bump};
 use crate::topic::{Backpressure, Topic, lock};
@@ -209,6 +209,8 @@ struct Processor<M, A> {
     stalled: Option<(usize, Item<M>)>,
     /// Read from the ring, not yet handed to a member (at most MAX_BATCH).
     backlog: VecDeque<Item<M>>,
+    /// The clock reading the attempts started in one run of the loop share.
+    clock: RunClock,
     /// Taken from the ring and not finished, for [`AnyGroup::lags`].
     held: Arc<AtomicUsize>,
 }
@@ -242,6 +244,7 @@ where
             parked: 0,
             stalled: None,
             backlog: VecDeque::with_capacity(MAX_BATCH),
+            clock: RunClock::default(),
             held,
         }
     }
@@ -339,7 +342,7 @@ where
         self.view[idx].in_flight += 1;
         let id = member_id(member);
         // Most handlers finish on their first poll: no FuturesUnordered entry then.
-        match member.clone().start(item) {
+        match member.clone().start(item, &self.clock) {
             Started::Done(back) => self.complete((id, key, back)),
             Started::Running(fut) => self
                 .in_flight
@@ -436,6 +439,7 @@ where
         changed.as_mut().enable();
         let mut closed = false;
         loop {
+            self.clock.reset();
             self.refresh();
             self.drain_backlog();
             self.held
@@ -462,7 +466,10 @@ where
             tokio::select! {
                 biased;
                 _ = group.halt.cancelled() => break,
-                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => self.complete(done),
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.clock.reset();
+                    self.complete(done);
+                }
                 ready = self.consumer.ready(), if can_read => {
                     if ready.is_err() {
                         closed = true;

@@ -14,8 +14,8 @@ use eda_core::{
     Next, PublishAttributes, RawEvent, TraceParent,
 };
 use eda_dispatch::{
-    Bus, DeliveryMode, Executor, PublishError, RetryPolicy, SubscribeError, SubscribeOptions,
-    TopicConfig,
+    Balancer, Bus, DeliveryMode, Executor, PublishError, RetryPolicy, SubscribeError,
+    SubscribeOptions, TopicConfig,
 };
 
 type Seen = Arc<Mutex<HashMap<String, Vec<u64>>>>;
@@ -324,6 +324,54 @@ async fn timeout_cancels_the_context() {
         "at-most-once failures are counted and dropped"
     );
     assert_eq!(report.stats.dead_lettered, 0);
+}
+
+/// Attempts started together share one clock reading, but an event started after an
+/// await (here: when the event of its key before it is done) gets a deadline from its
+/// own start.
+#[tokio::test(start_paused = true)]
+async fn each_deadline_counts_from_its_own_start() {
+    let bus = Bus::new();
+    let deadlines = Arc::new(Mutex::new(Vec::new()));
+    let seen = deadlines.clone();
+    let begin = tokio::time::Instant::now();
+    let _sub = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .timeout(Duration::from_secs(10))
+                .balancer(Balancer::KeyHash)
+                .concurrency(8),
+            move |e: Arc<Envelope<OrderCreated>>, ctx: Context| {
+                let seen = seen.clone();
+                async move {
+                    let deadline = ctx.deadline().expect("a timeout gives a deadline");
+                    seen.lock()
+                        .unwrap()
+                        .push((e.payload.order_id, deadline - begin));
+                    if e.payload.order_id == 1 {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .unwrap();
+    // Orders 1 and 8 share a key (customer c1); order 2 has its own.
+    for id in [1, 2, 8] {
+        bus.publish(order(id)).await.unwrap();
+    }
+    // Nothing else wakes the group meanwhile (shutting down would).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    bus.shutdown(Duration::from_secs(30)).await;
+    // 1 and 2 start together; 8 waits for 1, which takes 3 s.
+    assert_eq!(
+        *deadlines.lock().unwrap(),
+        [
+            (1, Duration::from_secs(10)),
+            (2, Duration::from_secs(10)),
+            (8, Duration::from_secs(13)),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
