@@ -39,6 +39,24 @@ fn rate(n: u64, mut f: impl FnMut(u64) -> Duration) -> f64 {
     median((0..RUNS).map(|_| n as f64 / f(n).as_secs_f64()).collect())
 }
 
+/// Like [`rate`] for runs that also count their group processors' wake-ups: the median
+/// rate, and each run's rate and wake-ups per 1,000 deliveries (`deliveries` per event).
+fn rate_and_wakeups(
+    n: u64,
+    deliveries: u64,
+    mut f: impl FnMut(u64) -> (Duration, u64),
+) -> (f64, Vec<(f64, f64)>) {
+    f(n / 10); // warm-up
+    let runs: Vec<_> = (0..RUNS)
+        .map(|_| {
+            let (elapsed, wakeups) = f(n);
+            let per_k = wakeups as f64 * 1000.0 / (n * deliveries) as f64;
+            (n as f64 / elapsed.as_secs_f64(), per_k)
+        })
+        .collect();
+    (median(runs.iter().map(|r| r.0).collect()), runs)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,7 +233,8 @@ fn counting_subscribers(
     (count, subscriptions)
 }
 
-fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -> Duration {
+/// The elapsed time and the group processors' wake-ups (`BusStats::wakeups`).
+fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -> (Duration, u64) {
     rt.block_on(async {
         let bus = Bus::new();
         let options = if timeout {
@@ -230,8 +249,9 @@ fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -
         }
         wait_for(&count, n * subs as u64).await;
         let elapsed = start.elapsed();
+        let wakeups = bus.stats().wakeups;
         bus.shutdown(Duration::from_secs(5)).await;
-        elapsed
+        (elapsed, wakeups)
     })
 }
 
@@ -278,6 +298,8 @@ struct Row {
     rate: f64,
     baselines: Vec<(&'static str, f64)>,
     features: &'static str,
+    /// Each run's rate and wake-ups of the group processors per 1,000 deliveries.
+    wakeups: Vec<(f64, f64)>,
 }
 
 fn main() {
@@ -295,6 +317,7 @@ fn main() {
             rate: r,
             baselines: vec![],
             features: "—",
+            wakeups: vec![],
         });
     }
     for subs in [1usize, 3] {
@@ -310,12 +333,15 @@ fn main() {
                 rate: ours,
                 baselines: vec![("(a) seed copy-the-list, inline", base)],
                 features: "panic catching, unsubscribe gate, trace context stamped",
+                wakeups: vec![],
             });
         }
         if wanted(&format!("async {subs}")) {
             let n = 500_000;
-            let ours = rate(n, |n| eda_async(&rt, subs, n, true));
-            let ours_no_timeout = rate(n, |n| eda_async(&rt, subs, n, false));
+            let d = subs as u64;
+            let (ours, wakeups) = rate_and_wakeups(n, d, |n| eda_async(&rt, subs, n, true));
+            let (ours_no_timeout, wakeups_no_timeout) =
+                rate_and_wakeups(n, d, |n| eda_async(&rt, subs, n, false));
             let (spawn, broadcast) = if skip_baselines {
                 (f64::NAN, f64::NAN)
             } else {
@@ -332,6 +358,7 @@ fn main() {
                     ("(b) tokio broadcast", broadcast),
                 ],
                 features: "timeout 30 s, panic catching, retries armed (3), gate, topic ring 1024",
+                wakeups,
             });
             rows.push(Row {
                 scenario: format!("async, {subs} subscriber(s), no timeout"),
@@ -341,6 +368,7 @@ fn main() {
                     ("(b) tokio broadcast", broadcast),
                 ],
                 features: "panic catching, retries armed (3), gate, topic ring 1024",
+                wakeups: wakeups_no_timeout,
             });
         }
     }
@@ -362,12 +390,14 @@ fn main() {
             rate: per_event(|r| r.0),
             baselines: vec![],
             features: "publish(..).await: envelope, stamp, ring claim",
+            wakeups: vec![],
         });
         rows.push(Row {
             scenario: "handle alone, 1 subscriber (current-thread runtime)".into(),
             rate: per_event(|r| r.1),
             baselines: vec![],
             features: "timeout 30 s, panic catching, retries armed (3), gate",
+            wakeups: vec![],
         });
     }
 
@@ -395,6 +425,20 @@ fn main() {
                 row.rate / base,
                 row.features
             );
+        }
+    }
+    let woken: Vec<_> = rows.iter().filter(|r| !r.wakeups.is_empty()).collect();
+    if !woken.is_empty() {
+        // A run whose groups are woken often is a slow run: each wake-up costs the
+        // publisher a task (often a thread) wake-up.
+        println!(
+            "\nEach run: events/s (group wake-ups per 1,000 deliveries, `BusStats::wakeups`):"
+        );
+        for row in woken {
+            let runs: Vec<_> = (row.wakeups.iter())
+                .map(|(r, w)| format!("{:.2} M ({w:.1})", r / 1e6))
+                .collect();
+            println!("- {}: {}", row.scenario, runs.join(", "));
         }
     }
 }

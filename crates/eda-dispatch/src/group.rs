@@ -13,7 +13,7 @@
 //!   member takes it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use eda_core::{BoxFuture, CancellationToken, EventInfo};
@@ -463,6 +463,7 @@ where
             if (closed || finishing) && self.busy() == 0 && (finishing || self.backlog.is_empty()) {
                 break;
             }
+            let waited = AtomicBool::new(false);
             tokio::select! {
                 biased;
                 _ = group.halt.cancelled() => break,
@@ -470,9 +471,11 @@ where
                     self.clock.reset();
                     self.complete(done);
                 }
-                ready = self.consumer.ready(), if can_read => {
+                ready = noting_waits(self.consumer.ready(), &waited), if can_read => {
                     if ready.is_err() {
                         closed = true;
+                    } else if waited.load(Ordering::Relaxed) {
+                        bump(&group.counters.wakeups);
                     }
                 }
                 _ = &mut changed => {
@@ -510,4 +513,17 @@ where
         }
         self.topic.detach(self.consumer.sequence());
     }
+}
+
+/// Awaits `ready`, noting in `waited` whether it had to wait (was ever pending).
+async fn noting_waits<F: Future>(ready: F, waited: &AtomicBool) -> F::Output {
+    let mut ready = std::pin::pin!(ready);
+    std::future::poll_fn(|cx| {
+        let poll = ready.as_mut().poll(cx);
+        if poll.is_pending() {
+            waited.store(true, Ordering::Relaxed);
+        }
+        poll
+    })
+    .await
 }

@@ -1194,3 +1194,41 @@ async fn publish_futures_stay_small() {
     assert!(size <= 512, "publish_raw future of {size} bytes");
     raw.await.unwrap();
 }
+
+/// A group that waits on an empty queue is woken once per publish when it keeps up
+/// with them, and once for a whole burst published while it could not run.
+#[tokio::test]
+async fn wakeups_count_the_times_an_idle_group_was_woken() {
+    let bus = Bus::new();
+    let count = Arc::new(AtomicU64::new(0));
+    let handled = count.clone();
+    let _sub = bus
+        .subscribe(move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
+            handled.fetch_add(1, Ordering::Relaxed);
+            async { Ok(()) }
+        })
+        .unwrap();
+    let wait_for = async |n: u64| {
+        while count.load(Ordering::Relaxed) < n {
+            tokio::task::yield_now().await;
+        }
+    };
+    // Let the processor start and find its queue empty.
+    tokio::task::yield_now().await;
+    assert_eq!(bus.stats().wakeups, 0);
+    for id in 1..=3 {
+        bus.publish(order(id)).await.unwrap();
+        wait_for(id).await;
+        assert_eq!(
+            bus.stats().wakeups,
+            id,
+            "one wake-up per event handled alone"
+        );
+    }
+    // A burst: the processor cannot run on this (current-thread) runtime meanwhile.
+    for id in 4..=103 {
+        bus.publish(order(id)).await.unwrap();
+    }
+    wait_for(103).await;
+    assert_eq!(bus.stats().wakeups, 4, "one wake-up for the whole burst");
+}
