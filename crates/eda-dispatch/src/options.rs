@@ -180,7 +180,9 @@ impl SubscribeOptions {
         self.group = Some(group.into());
         self
     }
-    /// Processing timeout of each attempt (default 30 s).
+    /// Processing timeout of each attempt (default 30 s), from the attempt's start.
+    /// Attempts a group starts one after another share one clock reading for up to a
+    /// millisecond, so a deadline may be up to 1 ms early (tokio's timer resolution).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(Some(timeout));
         self

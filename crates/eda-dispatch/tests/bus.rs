@@ -374,6 +374,39 @@ async fn each_deadline_counts_from_its_own_start() {
     );
 }
 
+/// A handler that blocks its first poll does not leave the next event of the same run
+/// with a deadline counted from before it: a shared reading is at most 1 ms old.
+#[tokio::test]
+async fn a_blocking_first_poll_does_not_shorten_the_next_deadline() {
+    let bus = Bus::new();
+    let deadlines = Arc::new(Mutex::new(Vec::new()));
+    let seen = deadlines.clone();
+    let _sub = bus
+        .subscribe_with(
+            SubscribeOptions::new().timeout(Duration::from_secs(10)),
+            move |e: Arc<Envelope<OrderCreated>>, ctx: Context| {
+                seen.lock().unwrap().push(ctx.deadline().unwrap());
+                if e.payload.order_id == 1 {
+                    // Blocks the processor (what an async handler should not do).
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                async { Ok(()) }
+            },
+        )
+        .unwrap();
+    // Both in the ring before the processor runs: one run starts both.
+    bus.publish(order(1)).await.unwrap();
+    bus.publish(order(2)).await.unwrap();
+    bus.shutdown(Duration::from_secs(5)).await;
+    let deadlines = deadlines.lock().unwrap();
+    assert_eq!(deadlines.len(), 2);
+    let gap = deadlines[1] - deadlines[0];
+    assert!(
+        gap >= Duration::from_millis(19),
+        "order 2's deadline counts from its own start: {gap:?} after order 1's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_work_and_the_report_adds_up() {
     let bus = Bus::builder().queue_capacity(10_000).build();
