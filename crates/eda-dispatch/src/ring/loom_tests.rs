@@ -114,6 +114,26 @@ fn loom_blocking_wait_never_loses_a_wakeup() {
     });
 }
 
+/// Two blocked consumers, one signal: the one that sets `signalled` wakes both, and a
+/// consumer that re-registers after it clears the flag for the next signal.
+#[test]
+fn loom_two_blocked_consumers_are_both_woken() {
+    loom::model(|| {
+        let (mut producer, ring) = single_producer::<u64>(2);
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut consumer = ring.consumer();
+                thread::spawn(move || drain(&mut consumer, 2))
+            })
+            .collect();
+        producer.try_publish(1).unwrap();
+        producer.try_publish(2).unwrap();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap(), vec![1, 2]);
+        }
+    });
+}
+
 #[test]
 fn loom_close_wakes_a_blocked_consumer() {
     loom::model(|| {

@@ -4,7 +4,9 @@
 use std::task::Waker;
 use std::time::Duration;
 
-use super::sync::{AtomicUsize, Condvar, Mutex, Ordering, fence, lock, spin_loop, yield_now};
+use super::sync::{
+    AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, fence, lock, spin_loop, yield_now,
+};
 
 /// How a consumer thread waits for the next sequence.
 ///
@@ -50,10 +52,17 @@ const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
 /// waiter announces itself (count + fence) *before* its final check of the condition,
 /// and the signaller makes its change visible (fence) *before* reading the count: by
 /// the two SeqCst fences, either the signaller sees the waiter or the waiter sees the
-/// change, so no wake-up is lost.
+/// change, so no wake-up is lost. A thread waiter also clears `signalled` before that
+/// fence, and a signaller wakes threads only when it is the one that sets it: by the
+/// same fences, a signaller that sees a waiter's count also sees its cleared flag (or
+/// a later signaller's set, and that one wakes it).
 #[derive(Debug, Default)]
 pub struct Notifier {
     sleepers: AtomicUsize,
+    /// Set by the notify that woke the sleeping threads, cleared by each thread before
+    /// its final check of the condition: the signals in between (a producer publishing
+    /// while its consumers wake up) skip the lock and the futex call.
+    signalled: AtomicBool,
     lock: Mutex<()>,
     cond: Condvar,
     async_waiters: AtomicUsize,
@@ -66,7 +75,8 @@ impl Notifier {
     #[inline]
     pub fn notify(&self) {
         fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
+        if self.sleepers.load(Ordering::Relaxed) > 0 && !self.signalled.swap(true, Ordering::AcqRel)
+        {
             let _guard = lock(&self.lock);
             self.cond.notify_all();
         }
@@ -89,6 +99,7 @@ impl Notifier {
         }
         let mut guard = lock(&self.lock);
         loop {
+            self.signalled.swap(false, Ordering::AcqRel);
             self.sleepers.fetch_add(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if ready() {
