@@ -52,10 +52,13 @@ const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
 /// waiter announces itself (count + fence) *before* its final check of the condition,
 /// and the signaller makes its change visible (fence) *before* reading the count: by
 /// the two SeqCst fences, either the signaller sees the waiter or the waiter sees the
-/// change, so no wake-up is lost. A thread waiter also clears `signalled` before that
-/// fence, and a signaller wakes threads only when it is the one that sets it: by the
-/// same fences, a signaller that sees a waiter's count also sees its cleared flag (or
-/// a later signaller's set, and that one wakes it).
+/// change, so no wake-up is lost. Thread waiters also clear `signalled` (an AcqRel
+/// swap) before that fence, and a signaller that sees sleepers wakes them only if its
+/// own swap sets the flag. A signaller that skips, its swap finding the flag set, is
+/// in the flag's modification order: a waiter's later clear reads from it or from a
+/// later signaller (acquiring what it published), and a signaller after the clear
+/// finds the flag clear and wakes. (Relaxed swaps leaning on the fences alone lost a
+/// wake-up in the loom models.)
 #[derive(Debug, Default)]
 pub struct Notifier {
     sleepers: AtomicUsize,
