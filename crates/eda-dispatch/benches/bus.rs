@@ -35,11 +35,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Events per second, median of RUNS runs of `f(n)` (which returns its elapsed time).
 fn rate(n: u64, mut f: impl FnMut(u64) -> Duration) -> f64 {
-    f(n / 10); // warm-up
-    median((0..RUNS).map(|_| n as f64 / f(n).as_secs_f64()).collect())
+    rate_and_wakeups(n, 1, |n| (f(n), 0)).0
 }
 
-/// Like [`rate`] for runs that also count their group processors' wake-ups: the median
+/// [`rate`] for runs that also count their group processors' wake-ups: the median
 /// rate, and each run's rate and wake-ups per 1,000 deliveries (`deliveries` per event).
 fn rate_and_wakeups(
     n: u64,
