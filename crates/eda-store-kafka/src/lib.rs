@@ -112,9 +112,11 @@ impl KafkaStoreBuilder {
         self
     }
     /// How long a fetch waits for new records (default 100 ms). A Kafka broker answers
-    /// as soon as records arrive; Tansu 0.6 holds every fetch for its whole wait, so
-    /// against Tansu this is a floor under latency (20 ms is a fair compromise there;
-    /// a few ms makes Tansu answer some fetches with no records).
+    /// as soon as records arrive. Tansu 0.6 (the PyPI binary) answers at once when it
+    /// has records and otherwise looks again after half the remaining wait, so a record
+    /// reaching an idle partition waits up to about half of this; and as it sometimes
+    /// answers with no records below the high watermark, each such answer costs a
+    /// wait too (20 ms is a fair compromise there; `docs/stores.md`).
     pub fn fetch_wait(mut self, wait: Duration) -> Self {
         self.fetch_wait = wait;
         self
