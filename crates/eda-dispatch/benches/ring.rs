@@ -3,7 +3,10 @@
 //! `disruptor` crate (4.x) as the peer.
 //!
 //! Run with `cargo xtask bench ring` (or `cargo bench -p eda-dispatch --bench ring`).
-//! Every rate is the median of 5 runs after a warm-up; ratios compare rows of this run.
+//! The contenders of a scenario run in turn, once per round, five rounds after a warm-up
+//! each: a phase of this shared machine then falls on all of them alike. A rate is the
+//! median of its five runs; a ratio is the median of the five per-round ratios, printed
+//! with their range.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,9 +26,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn rate(n: u64, mut f: impl FnMut(u64) -> Duration) -> f64 {
-    f(n / 10);
-    median((0..RUNS).map(|_| n as f64 / f(n).as_secs_f64()).collect())
+/// One contender of a scenario: its event count and a run that returns its time.
+type Contender<'a> = (u64, &'a mut dyn FnMut(u64) -> Duration);
+
+/// The rates of a scenario's contenders, `rates[contender][round]`.
+struct Rounds {
+    rates: Vec<Vec<f64>>,
+}
+
+/// Warms every contender up, then runs them in turn, once per round, `RUNS` rounds.
+fn rounds(contenders: &mut [Contender<'_>]) -> Rounds {
+    for (n, f) in contenders.iter_mut() {
+        f(*n / 10);
+    }
+    let mut rates = vec![Vec::with_capacity(RUNS); contenders.len()];
+    for _ in 0..RUNS {
+        for ((n, f), rates) in contenders.iter_mut().zip(&mut rates) {
+            rates.push(*n as f64 / f(*n).as_secs_f64());
+        }
+    }
+    Rounds { rates }
+}
+
+impl Rounds {
+    /// The median rate of contender `i`.
+    fn rate(&self, i: usize) -> f64 {
+        median(self.rates[i].clone())
+    }
+
+    /// Contender `i` against contender `j`: the median, lowest and highest of the
+    /// per-round ratios of their rates.
+    fn ratio(&self, i: usize, j: usize) -> Ratio {
+        let per_round: Vec<f64> = self.rates[i]
+            .iter()
+            .zip(&self.rates[j])
+            .map(|(a, b)| a / b)
+            .collect();
+        Ratio {
+            median: median(per_round.clone()),
+            low: per_round.iter().copied().fold(f64::INFINITY, f64::min),
+            high: per_round.iter().copied().fold(0.0, f64::max),
+            peer_rate: self.rate(j),
+        }
+    }
+}
+
+struct Ratio {
+    median: f64,
+    low: f64,
+    high: f64,
+    peer_rate: f64,
 }
 
 /// The `disruptor` crate has busy-spin and sleep strategies; this is its yielding peer.
@@ -449,87 +499,134 @@ fn main() {
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let m = |r: f64| format!("{:.1} M/s", r / 1e6);
     let mut rows: Vec<(String, String, String)> = Vec::new();
-    let mut row = |scenario: &str, ours: f64, peers: &[(&str, f64)]| {
+    let mut row = |scenario: &str, ours: f64, peers: &[(&str, Ratio)]| {
         let ratios = peers
             .iter()
-            .map(|(name, r)| format!("{:.2}× {name} ({})", ours / r, m(*r)))
+            .map(|(name, r)| {
+                format!(
+                    "{:.2}× {name} ({}; rounds {:.2}–{:.2}×)",
+                    r.median,
+                    m(r.peer_rate),
+                    r.low,
+                    r.high
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         rows.push((scenario.to_owned(), m(ours), ratios));
     };
 
     if wanted("unicast") {
-        let ours = rate(N, |n| eda_unicast(n, 1, WaitStrategy::Yielding));
-        let peer = rate(N, |n| disruptor_unicast(n, 1));
-        let cb = rate(N, crossbeam_unicast);
-        let mpsc = rate(N / 4, tokio_mpsc_unicast);
+        let r = rounds(&mut [
+            (N, &mut |n| eda_unicast(n, 1, WaitStrategy::Yielding)),
+            (N, &mut |n| disruptor_unicast(n, 1)),
+            (N, &mut crossbeam_unicast),
+            (N / 4, &mut tokio_mpsc_unicast),
+            (N, &mut |n| eda_unicast(n, 1, WaitStrategy::BusySpin)),
+            (N * 4, &mut |n| eda_unicast(n, 64, WaitStrategy::Yielding)),
+            (N * 4, &mut |n| disruptor_unicast(n, 64)),
+        ]);
+        let (ours, peer, cb, mpsc, spin, batch, peer_batch) = (0, 1, 2, 3, 4, 5, 6);
         row(
             "unicast 1P-1C, one at a time, yielding",
-            ours,
+            r.rate(ours),
             &[
-                ("disruptor", peer),
-                ("crossbeam bounded(1024)", cb),
-                ("tokio mpsc", mpsc),
+                ("disruptor", r.ratio(ours, peer)),
+                ("crossbeam bounded(1024)", r.ratio(ours, cb)),
+                ("tokio mpsc", r.ratio(ours, mpsc)),
             ],
         );
-        let spin = rate(N, |n| eda_unicast(n, 1, WaitStrategy::BusySpin));
         row(
             "unicast 1P-1C, one at a time, busy-spin",
-            spin,
+            r.rate(spin),
             &[
-                ("disruptor (spinning producer, yielding consumer)", peer),
-                ("crossbeam bounded(1024)", cb),
+                (
+                    "disruptor (spinning producer, yielding consumer)",
+                    r.ratio(spin, peer),
+                ),
+                ("crossbeam bounded(1024)", r.ratio(spin, cb)),
             ],
         );
-        let ours = rate(N * 4, |n| eda_unicast(n, 64, WaitStrategy::Yielding));
-        let peer = rate(N * 4, |n| disruptor_unicast(n, 64));
         row(
             "unicast 1P-1C, batches of 64, yielding",
-            ours,
-            &[("disruptor batch", peer), ("crossbeam bounded(1024)", cb)],
+            r.rate(batch),
+            &[
+                ("disruptor batch", r.ratio(batch, peer_batch)),
+                ("crossbeam bounded(1024)", r.ratio(batch, cb)),
+            ],
         );
     }
     // `multicast` runs both rows; `multicast-blocking` only the default strategy's
     // (without the `disruptor` peer, whose spinning producer can take minutes here).
     if wanted("multicast-yielding") || wanted("multicast-blocking") {
-        let bc = rate(N / 4, broadcast_three);
-        if wanted("multicast-yielding") {
-            let ours = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Yielding));
-            let peer = rate(N, |n| disruptor_three_consumers(n, false));
+        let yielding = wanted("multicast-yielding");
+        let blocking = wanted("multicast-blocking");
+        let mut eda_yielding = |n| eda_three_consumers(n, false, WaitStrategy::Yielding);
+        let mut peer = |n| disruptor_three_consumers(n, false);
+        let mut eda_blocking = |n| eda_three_consumers(n, false, WaitStrategy::Blocking);
+        let mut broadcast = broadcast_three;
+        let mut contenders: Vec<Contender<'_>> = vec![(N / 4, &mut broadcast)];
+        if yielding {
+            contenders.push((N, &mut eda_yielding));
+            contenders.push((N, &mut peer));
+        }
+        if blocking {
+            contenders.push((N, &mut eda_blocking));
+        }
+        let r = rounds(&mut contenders);
+        let bc = 0;
+        if yielding {
             row(
                 "multicast 1P-3C, yielding",
-                ours,
-                &[("disruptor", peer), ("tokio broadcast", bc)],
+                r.rate(1),
+                &[
+                    ("disruptor", r.ratio(1, 2)),
+                    ("tokio broadcast", r.ratio(1, bc)),
+                ],
             );
         }
-        if wanted("multicast-blocking") {
-            let ours = rate(N, |n| eda_three_consumers(n, false, WaitStrategy::Blocking));
+        if blocking {
+            let ours = r.rates.len() - 1;
             row(
                 "multicast 1P-3C, blocking",
-                ours,
-                &[("tokio broadcast", bc)],
+                r.rate(ours),
+                &[("tokio broadcast", r.ratio(ours, bc))],
             );
         }
     }
     if wanted("pipeline") {
-        let ours = rate(N, |n| eda_three_consumers(n, true, WaitStrategy::Yielding));
-        let peer = rate(N, |n| disruptor_three_consumers(n, true));
-        row("pipeline 1P-3C, yielding", ours, &[("disruptor", peer)]);
+        let r = rounds(&mut [
+            (N, &mut |n| {
+                eda_three_consumers(n, true, WaitStrategy::Yielding)
+            }),
+            (N, &mut |n| disruptor_three_consumers(n, true)),
+        ]);
+        row(
+            "pipeline 1P-3C, yielding",
+            r.rate(0),
+            &[("disruptor", r.ratio(0, 1))],
+        );
     }
     if wanted("sequencer") {
-        let ours = rate(N, |n| eda_sequencer(n, WaitStrategy::Yielding));
-        let ours_blocking = rate(N, |n| eda_sequencer(n, WaitStrategy::Blocking));
-        let peer = rate(N, disruptor_sequencer);
-        let cb = rate(N, crossbeam_sequencer);
+        let r = rounds(&mut [
+            (N, &mut |n| eda_sequencer(n, WaitStrategy::Yielding)),
+            (N, &mut |n| eda_sequencer(n, WaitStrategy::Blocking)),
+            (N, &mut disruptor_sequencer),
+            (N, &mut crossbeam_sequencer),
+        ]);
+        let (ours, ours_blocking, peer, cb) = (0, 1, 2, 3);
         row(
             "sequencer 3P-1C, yielding",
-            ours,
-            &[("disruptor", peer), ("crossbeam bounded(1024)", cb)],
+            r.rate(ours),
+            &[
+                ("disruptor", r.ratio(ours, peer)),
+                ("crossbeam bounded(1024)", r.ratio(ours, cb)),
+            ],
         );
         row(
             "sequencer 3P-1C, blocking",
-            ours_blocking,
-            &[("crossbeam bounded(1024)", cb)],
+            r.rate(ours_blocking),
+            &[("crossbeam bounded(1024)", r.ratio(ours_blocking, cb))],
         );
     }
 
