@@ -261,10 +261,12 @@ fn bench(args: &[String]) -> Result<(), String> {
 /// `cargo xtask bench transport`: the whole bus on its rings against the same bus built
 /// with `--cfg eda_mpsc_baseline` (a bounded `tokio::sync::mpsc` channel per group in
 /// place of each topic's ring; own target directory), async scenarios of the `bus`
-/// bench, three runs of each build alternating, medians (issue 3's last target).
+/// bench, five rounds of each build alternating; medians of the rates and of the
+/// per-round ratios (issue 3's last target).
 fn bench_transport() -> Result<(), String> {
+    const ROUNDS: usize = 5;
     let mut rates: Vec<(String, [Vec<f64>; 2])> = Vec::new();
-    for round in 1..=3 {
+    for round in 1..=ROUNDS {
         for (i, baseline) in [false, true].into_iter().enumerate() {
             let mut cmd = cargo();
             cmd.args([
@@ -320,16 +322,20 @@ fn bench_transport() -> Result<(), String> {
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!(
-        "\n| whole bus, median of 3 | on rings, events/s | on an mpsc per group, events/s | rings ÷ mpsc | target |"
+        "\n| whole bus, {ROUNDS} rounds | on rings, events/s | on an mpsc per group, events/s | rings ÷ mpsc, per round | target |"
     );
     println!("|---|---:|---:|---:|---:|");
     for (scenario, [ring, mpsc]) in rates {
-        let (ring, mpsc) = (median(ring), median(mpsc));
+        // A round's ratio: the two builds' runs next to each other in time.
+        let ratios: Vec<f64> = ring.iter().zip(&mpsc).map(|(r, m)| r / m).collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
         println!(
-            "| {scenario} | {:.2} M | {:.2} M | {:.2}× | ≥ 3× (1 group) |",
-            ring / 1e6,
-            mpsc / 1e6,
-            ring / mpsc
+            "| {scenario} | {:.2} M | {:.2} M | {:.2}× (rounds {low:.2}–{high:.2}×) | ≥ 3× (1 group) |",
+            median(ring) / 1e6,
+            median(mpsc) / 1e6,
+            median(ratios),
         );
     }
     Ok(())
