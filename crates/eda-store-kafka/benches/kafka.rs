@@ -13,7 +13,9 @@
 //!   broker can serve at all.
 //! * Latency: publish→handled at 10,000 events/s for 5 s (batches of 10 each ms, each
 //!   appended on its own task), p50/p99, and the publish rate reached; with the
-//!   default fetch wait (100 ms) and with 20 ms and 3 ms.
+//!   default fetch wait (100 ms) and with 20 ms and 3 ms. Beside each row, the same
+//!   records at the same rate produced and fetched with raw rskafka with the same wait:
+//!   what the broker allows at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,6 +214,93 @@ async fn latency(store: &KafkaStore, topic: &str, batch_size: usize) -> Latency 
     }
 }
 
+/// The broker's part of the latency row: the same records at the same rate, produced
+/// with raw rskafka through the store's connection (each millisecond's batch on its own
+/// task, as the latency run appends), fetched with raw rskafka on a connection of its
+/// own with the same wait, beside one idle fetcher per other partition (as the store's
+/// partition workers fetch); no offsets kept, no decoding beyond the send time.
+/// Publish → fetched p50 and p99, ms.
+async fn raw_latency(store: &KafkaStore, brokers: &str, topic: &str, wait: Duration) -> (f64, f64) {
+    use rskafka::client::ClientBuilder;
+    use rskafka::client::partition::UnknownTopicHandling;
+    let epoch = Instant::now();
+    let wait_ms = (wait.as_millis() as i32).max(1);
+    let partition = store.partition_of(Payload::TYPE);
+    store.append(topic, records(1, false)).await.unwrap(); // the topic exists
+    let connect = async |p: i32| {
+        ClientBuilder::new(vec![brokers.to_owned()])
+            .build()
+            .await
+            .unwrap()
+            .partition_client(topic.to_owned(), p, UnknownTopicHandling::Error)
+            .await
+            .unwrap()
+    };
+    let mut idle = Vec::new();
+    for p in (0..store.partition_count()).filter(|p| *p != partition) {
+        let client = connect(p).await;
+        idle.push(tokio::spawn(async move {
+            loop {
+                let _ = client.fetch_records(0, 1..1_048_576, wait_ms).await;
+            }
+        }));
+    }
+    let fetcher = connect(partition).await;
+    let (_, mut next) = fetcher.fetch_records(0, 1..2, 1).await.unwrap();
+    let (seconds, rate) = (5u64, 10_000u64);
+    let expected = (seconds * rate) as usize;
+    let consumer = tokio::spawn(async move {
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        while (hist.len() as usize) < expected {
+            let (records, _) = fetcher
+                .fetch_records(next, 1..1_048_576, wait_ms)
+                .await
+                .unwrap();
+            let now = epoch.elapsed().as_nanos() as u64;
+            let from = next;
+            for r in records.into_iter().filter(|r| r.offset >= from) {
+                next = r.offset + 1;
+                let value = r.record.value.unwrap_or_default();
+                let sent = serde_json::from_slice::<Payload>(&value).unwrap().sent_ns;
+                hist.record(now.saturating_sub(sent) / 1000).unwrap();
+            }
+        }
+        hist
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut produces = Vec::with_capacity(seconds as usize * 1000);
+    for _ in 0..seconds * 1000 {
+        tick.tick().await;
+        let batch: Vec<_> = (0..rate / 1000)
+            .map(|_| {
+                let raw = Envelope::new(Payload {
+                    sent_ns: epoch.elapsed().as_nanos() as u64,
+                    text: "x".repeat(72),
+                })
+                .to_raw(&JsonCodec)
+                .unwrap();
+                record::to_record(&raw)
+            })
+            .collect();
+        let (store, topic) = (store.clone(), topic.to_owned());
+        produces.push(tokio::spawn(async move {
+            store.produce_raw(&topic, partition, batch).await.unwrap();
+        }));
+    }
+    for p in produces {
+        p.await.unwrap();
+    }
+    let hist = consumer.await.unwrap();
+    for i in idle {
+        i.abort();
+    }
+    (
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let brokers = eda_testkit::backend::kafka_brokers();
@@ -265,9 +354,9 @@ async fn main() {
         return;
     }
     println!(
-        "\n| publish → handled at 10k events/s, one consumer | rate reached | p50 | p99 | append p99 |"
+        "\n| publish → handled at 10k events/s, one consumer | rate reached | p50 | p99 | append p99 | raw rskafka, same wait: p50 / p99 |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     // Tansu answers a fetch at once when it has records, otherwise it looks again
     // after half the remaining wait; it also answers some fetches below the high
     // watermark with none, and each such answer costs a wait (docs/stores.md). A Kafka
@@ -281,20 +370,27 @@ async fn main() {
             .unwrap()
     };
     let (short_wait, shortest_wait) = (with_wait(20).await, with_wait(3).await);
-    for (store, wait, batch_size) in [
-        (&store, "default fetch wait (100 ms)", 100),
-        (&store, "default fetch wait (100 ms)", 1000),
-        (&short_wait, "fetch wait 20 ms", 100),
+    for (store, wait, wait_ms, batch_size) in [
+        (&store, "default fetch wait (100 ms)", 100, 100),
+        (&store, "default fetch wait (100 ms)", 100, 1000),
+        (&short_wait, "fetch wait 20 ms", 20, 100),
         // A wait short enough that Tansu's empty answers cost little: p99 under 10 ms
         // on a freshly started Tansu in some sessions, hundreds of ms in others (its
         // empty answers below the high watermark; worse once it holds many records:
         // it lists a partition's batches on every fetch).
-        (&shortest_wait, "fetch wait 3 ms", 100),
+        (&shortest_wait, "fetch wait 3 ms", 3, 100),
     ] {
         let topic = format!("bench-latency-{batch_size}-{}-{run}", wait.len());
         let l = latency(store, &topic, batch_size).await;
+        let (raw_p50, raw_p99) = raw_latency(
+            store,
+            &brokers,
+            &format!("{topic}-raw"),
+            Duration::from_millis(wait_ms),
+        )
+        .await;
         println!(
-            "| batches of 10 per ms, {wait}, `batch_size` {batch_size} ({} handled) | {:.0} ev/s | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| batches of 10 per ms, {wait}, `batch_size` {batch_size} ({} handled) | {:.0} ev/s | {:.2} ms | {:.2} ms | {:.2} ms | {raw_p50:.2} / {raw_p99:.2} ms |",
             l.handled, l.reached, l.p50, l.p99, l.append_p99
         );
     }
