@@ -43,6 +43,19 @@ async fn coordination() -> (tempfile::TempDir, Arc<SqliteStore>) {
 /// Partitions each consumer received records from, and every record's number.
 type Seen = Arc<Mutex<(HashMap<String, HashSet<String>>, Vec<u64>)>>;
 
+/// The distinct record numbers in `seen` once there are `count` of them, or when 20 s
+/// have passed.
+async fn distinct_seen(seen: &Seen, count: usize) -> HashSet<u64> {
+    let started = std::time::Instant::now();
+    loop {
+        let distinct: HashSet<u64> = seen.lock().unwrap().1.iter().copied().collect();
+        if distinct.len() >= count || started.elapsed() >= Duration::from_secs(20) {
+            return distinct;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn consume(
     store: KafkaStore,
     topic: String,
@@ -104,18 +117,9 @@ async fn consumers_split_the_partitions_and_take_over_a_leavers() {
         }
     };
     publish(0..400).await;
-    let wait_for = |count: usize| {
-        let seen = seen.clone();
-        async move {
-            let started = std::time::Instant::now();
-            while seen.lock().unwrap().1.iter().collect::<HashSet<_>>().len() < count {
-                assert!(
-                    started.elapsed() < Duration::from_secs(20),
-                    "stuck below {count}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    let wait_for = async |count: usize| {
+        let distinct = distinct_seen(&seen, count).await.len();
+        assert!(distinct >= count, "stuck below {count}: {distinct}");
     };
     wait_for(400).await;
     {
@@ -382,12 +386,8 @@ async fn racing_appends_into_one_partition_all_reach_the_consumer() {
         a.await.unwrap();
     }
     let total = (writers * batches * per) as usize;
-    let started = std::time::Instant::now();
-    while seen.lock().unwrap().1.len() < total && started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = distinct_seen(&seen, total).await;
     consumer.abort();
-    let got: HashSet<u64> = seen.lock().unwrap().1.iter().copied().collect();
     let missing: Vec<u64> = (0..total as u64).filter(|n| !got.contains(n)).collect();
     assert!(
         missing.is_empty(),
