@@ -142,6 +142,50 @@ struct Latency {
     append_p99: f64,
 }
 
+/// The latency runs' publishing rate, events a second, and length, seconds.
+const RATE: u64 = 10_000;
+const SECONDS: u64 = 5;
+
+/// Publishes at `RATE` for `SECONDS`: each millisecond a batch of `RATE / 1000` events
+/// stamped with their send time (since `epoch`), each batch sent by `send` on a task of
+/// its own, as from many publishers: a send's round trip must not throttle the rate.
+/// Returns every send's round trip (µs) and the rate reached (events/s).
+async fn paced<F, Fut>(epoch: Instant, send: F) -> (Vec<u64>, f64)
+where
+    F: Fn(Vec<RawEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let producing = Instant::now();
+    let mut sends = Vec::with_capacity(SECONDS as usize * 1000);
+    for _ in 0..SECONDS * 1000 {
+        tick.tick().await;
+        let batch: Vec<RawEvent> = (0..RATE / 1000)
+            .map(|_| {
+                Envelope::new(Payload {
+                    sent_ns: epoch.elapsed().as_nanos() as u64,
+                    text: "x".repeat(72),
+                })
+                .to_raw(&JsonCodec)
+                .unwrap()
+            })
+            .collect();
+        let sending = send(batch);
+        sends.push(tokio::spawn(async move {
+            let started = Instant::now();
+            sending.await;
+            started.elapsed().as_micros() as u64
+        }));
+    }
+    let mut trips = Vec::with_capacity(sends.len());
+    for s in sends {
+        trips.push(s.await.unwrap());
+    }
+    let reached = (SECONDS * RATE) as f64 / producing.elapsed().as_secs_f64();
+    (trips, reached)
+}
+
 async fn latency(store: &KafkaStore, topic: &str, batch_size: usize) -> Latency {
     let epoch = Instant::now();
     let options = ConsumeOptions {
@@ -151,8 +195,7 @@ async fn latency(store: &KafkaStore, topic: &str, batch_size: usize) -> Latency 
     };
     let mut s = store.subscribe(topic, "g", "c", options).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // partitions taken
-    let (seconds, rate) = (5u64, 10_000u64);
-    let expected = seconds * rate;
+    let expected = SECONDS * RATE;
     let consumer = tokio::spawn(async move {
         let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
         while hist.len() < expected {
@@ -174,36 +217,18 @@ async fn latency(store: &KafkaStore, topic: &str, batch_size: usize) -> Latency 
         }
         hist
     });
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let producing = Instant::now();
-    let mut appends = Vec::with_capacity(seconds as usize * 1000);
-    for _ in 0..seconds * 1000 {
-        tick.tick().await;
-        let batch: Vec<RawEvent> = (0..rate / 1000)
-            .map(|_| {
-                Envelope::new(Payload {
-                    sent_ns: epoch.elapsed().as_nanos() as u64,
-                    text: "x".repeat(72),
-                })
-                .to_raw(&JsonCodec)
-                .unwrap()
-            })
-            .collect();
-        // Each batch on its own task, as from many publishers: an append's round trip
-        // must not throttle the rate.
-        let (store, topic) = (store.clone(), topic.to_owned());
-        appends.push(tokio::spawn(async move {
-            let started = Instant::now();
+    let (store, topic) = (store.clone(), topic.to_owned());
+    let (appends, reached) = paced(epoch, |batch| {
+        let (store, topic) = (store.clone(), topic.clone());
+        async move {
             store.append(&topic, batch).await.unwrap();
-            started.elapsed().as_micros() as u64
-        }));
-    }
+        }
+    })
+    .await;
     let mut append_hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for append in appends {
-        append_hist.record(append.await.unwrap()).unwrap();
+        append_hist.record(append).unwrap();
     }
-    let reached = expected as f64 / producing.elapsed().as_secs_f64();
     let hist = consumer.await.unwrap();
     Latency {
         p50: hist.value_at_quantile(0.5) as f64 / 1000.0,
@@ -218,13 +243,13 @@ async fn latency(store: &KafkaStore, topic: &str, batch_size: usize) -> Latency 
 /// with raw rskafka through the store's connection (each millisecond's batch on its own
 /// task, as the latency run appends), fetched with raw rskafka on a connection of its
 /// own with the same wait, beside one idle fetcher per other partition (as the store's
-/// partition workers fetch); no offsets kept, no decoding beyond the send time.
-/// Publish → fetched p50 and p99, ms.
-async fn raw_latency(store: &KafkaStore, brokers: &str, topic: &str, wait: Duration) -> (f64, f64) {
+/// partition workers fetch), waiting as long as `store`'s fetches; no offsets kept, no
+/// decoding beyond the send time. Publish → fetched p50 and p99, ms.
+async fn raw_latency(store: &KafkaStore, brokers: &str, topic: &str) -> (f64, f64) {
     use rskafka::client::ClientBuilder;
     use rskafka::client::partition::UnknownTopicHandling;
     let epoch = Instant::now();
-    let wait_ms = (wait.as_millis() as i32).max(1);
+    let wait_ms = (store.fetch_wait().as_millis() as i32).max(1);
     let partition = store.partition_of(Payload::TYPE);
     store.append(topic, records(1, false)).await.unwrap(); // the topic exists
     let connect = async |p: i32| {
@@ -247,8 +272,7 @@ async fn raw_latency(store: &KafkaStore, brokers: &str, topic: &str, wait: Durat
     }
     let fetcher = connect(partition).await;
     let (_, mut next) = fetcher.fetch_records(0, 1..2, 1).await.unwrap();
-    let (seconds, rate) = (5u64, 10_000u64);
-    let expected = (seconds * rate) as usize;
+    let expected = (SECONDS * RATE) as usize;
     let consumer = tokio::spawn(async move {
         let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
         while (hist.len() as usize) < expected {
@@ -267,30 +291,15 @@ async fn raw_latency(store: &KafkaStore, brokers: &str, topic: &str, wait: Durat
         }
         hist
     });
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut produces = Vec::with_capacity(seconds as usize * 1000);
-    for _ in 0..seconds * 1000 {
-        tick.tick().await;
-        let batch: Vec<_> = (0..rate / 1000)
-            .map(|_| {
-                let raw = Envelope::new(Payload {
-                    sent_ns: epoch.elapsed().as_nanos() as u64,
-                    text: "x".repeat(72),
-                })
-                .to_raw(&JsonCodec)
-                .unwrap();
-                record::to_record(&raw)
-            })
-            .collect();
-        let (store, topic) = (store.clone(), topic.to_owned());
-        produces.push(tokio::spawn(async move {
-            store.produce_raw(&topic, partition, batch).await.unwrap();
-        }));
-    }
-    for p in produces {
-        p.await.unwrap();
-    }
+    let (store, topic) = (store.clone(), topic.to_owned());
+    paced(epoch, |batch| {
+        let records = batch.iter().map(record::to_record).collect();
+        let (store, topic) = (store.clone(), topic.clone());
+        async move {
+            store.produce_raw(&topic, partition, records).await.unwrap();
+        }
+    })
+    .await;
     let hist = consumer.await.unwrap();
     for i in idle {
         i.abort();
@@ -370,25 +379,19 @@ async fn main() {
             .unwrap()
     };
     let (short_wait, shortest_wait) = (with_wait(20).await, with_wait(3).await);
-    for (store, wait, wait_ms, batch_size) in [
-        (&store, "default fetch wait (100 ms)", 100, 100),
-        (&store, "default fetch wait (100 ms)", 100, 1000),
-        (&short_wait, "fetch wait 20 ms", 20, 100),
+    for (store, wait, batch_size) in [
+        (&store, "default fetch wait (100 ms)", 100),
+        (&store, "default fetch wait (100 ms)", 1000),
+        (&short_wait, "fetch wait 20 ms", 100),
         // A wait short enough that Tansu's empty answers cost little: p99 under 10 ms
         // on a freshly started Tansu in some sessions, hundreds of ms in others (its
         // empty answers below the high watermark; worse once it holds many records:
         // it lists a partition's batches on every fetch).
-        (&shortest_wait, "fetch wait 3 ms", 3, 100),
+        (&shortest_wait, "fetch wait 3 ms", 100),
     ] {
         let topic = format!("bench-latency-{batch_size}-{}-{run}", wait.len());
         let l = latency(store, &topic, batch_size).await;
-        let (raw_p50, raw_p99) = raw_latency(
-            store,
-            &brokers,
-            &format!("{topic}-raw"),
-            Duration::from_millis(wait_ms),
-        )
-        .await;
+        let (raw_p50, raw_p99) = raw_latency(store, &brokers, &format!("{topic}-raw")).await;
         println!(
             "| batches of 10 per ms, {wait}, `batch_size` {batch_size} ({} handled) | {:.0} ev/s | {:.2} ms | {:.2} ms | {:.2} ms | {raw_p50:.2} / {raw_p99:.2} ms |",
             l.handled, l.reached, l.p50, l.p99, l.append_p99

@@ -238,6 +238,12 @@ impl KafkaStore {
         self.inner.options.partitions
     }
 
+    /// How long its consumers' fetches wait for new records
+    /// ([`KafkaStoreBuilder::fetch_wait`]).
+    pub fn fetch_wait(&self) -> Duration {
+        self.inner.options.fetch_wait
+    }
+
     /// The partition a record with this key goes to.
     pub fn partition_of(&self, key: &str) -> i32 {
         record::partition_for(key.as_bytes(), self.inner.options.partitions)
