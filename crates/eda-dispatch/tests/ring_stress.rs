@@ -240,3 +240,92 @@ fn a_late_consumer_sees_only_later_events() {
     assert_eq!((e, l), (vec![1, 2, 3], vec![3]));
     assert_eq!(early.lag(), 0);
 }
+
+/// Runs `body` on a thread of its own and fails (instead of hanging) if it does not
+/// finish within `limit`: a lost wake-up leaves a waiter asleep for good.
+fn finishes_within(limit: std::time::Duration, what: &str, body: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let runner = thread::spawn(move || {
+        body();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => runner.join().unwrap(),
+        // The body panicked: report its panic.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => runner.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: not finished after {limit:?} (a lost wake-up?)")
+        }
+    }
+}
+
+/// Events for the wake-up tests: each one puts a waiter to sleep and wakes it.
+fn wake_up_events() -> u64 {
+    if cfg!(debug_assertions) {
+        20_000
+    } else {
+        200_000
+    }
+}
+
+/// A blocking ring of two slots: the producer waits for room and the consumers wait
+/// for data on nearly every event, so sleepers and signallers race all the time (the
+/// sleeper check, `Notifier`). Every event must still reach every consumer.
+#[test]
+fn blocking_waiters_on_both_sides_never_miss_a_wake_up() {
+    finishes_within(std::time::Duration::from_secs(120), "two-slot ring", || {
+        let n = wake_up_events();
+        let (mut producer, ring) = ring::single_producer_with::<u64>(2, WaitStrategy::Blocking);
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let c = ring.consumer();
+                thread::spawn(move || check_all(c, 1, n))
+            })
+            .collect();
+        for i in 0..n {
+            producer.publish(i).unwrap();
+        }
+        for r in readers {
+            assert_eq!(r.join().unwrap(), n);
+        }
+    });
+}
+
+/// The first async waiter switches a notifier from compiler fences on the signalling
+/// side to fences on both (`Notifier`): here it does so while a thread consumer and the
+/// producer already sleep and wake on the same ring, and events keep flowing to both.
+#[test]
+fn an_async_waiter_joining_thread_waiters_loses_no_wake_up() {
+    finishes_within(std::time::Duration::from_secs(120), "mixed waiters", || {
+        let n = wake_up_events();
+        let (mut producer, ring) = ring::single_producer_with::<u64>(4, WaitStrategy::Blocking);
+        let thread_reader = {
+            let c = ring.consumer();
+            thread::spawn(move || check_all(c, 1, n))
+        };
+        let mut late = ring.consumer();
+        let async_reader = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                // Let the thread side run alone first.
+                tokio::task::yield_now().await;
+                let mut next = 0;
+                while next < n {
+                    late.ready().await.unwrap();
+                    late.try_read_batch(4, |_, &v| {
+                        assert_eq!(v, next, "the async consumer lost or reordered an event");
+                        next += 1;
+                    });
+                }
+                next
+            })
+        });
+        for i in 0..n {
+            producer.publish(i).unwrap();
+        }
+        assert_eq!(thread_reader.join().unwrap(), n);
+        assert_eq!(async_reader.join().unwrap(), n);
+    });
+}

@@ -114,6 +114,27 @@ fn loom_blocking_wait_never_loses_a_wakeup() {
     });
 }
 
+/// An async consumer (no thread of its own): it registers its waker, then looks again;
+/// the producer's notify must wake it or the registration must see the event.
+#[test]
+fn loom_async_wait_never_loses_a_wakeup() {
+    loom::model(|| {
+        let (mut producer, ring) = single_producer::<u64>(2);
+        let mut consumer = ring.consumer();
+        let reader = thread::spawn(move || {
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                loom::future::block_on(consumer.ready()).unwrap();
+                consumer.try_read_batch(2, |_, v| seen.push(*v));
+            }
+            seen
+        });
+        producer.try_publish(1).unwrap();
+        producer.try_publish(2).unwrap();
+        assert_eq!(reader.join().unwrap(), vec![1, 2]);
+    });
+}
+
 /// Two blocked consumers, one signal: the one that sets `signalled` wakes both, and a
 /// consumer that re-registers after it clears the flag for the next signal.
 #[test]

@@ -6,7 +6,8 @@
 //!
 //! This is the only module of eda that contains `unsafe` (the slot accesses in
 //! `ring.rs`, whose soundness argument is in that file); loom models check it under
-//! `RUSTFLAGS="--cfg loom"`.
+//! `RUSTFLAGS="--cfg loom"`. On Linux, blocking rings wake sleeping threads through an
+//! asymmetric barrier (`membarrier(2)`, through rustix; [`Notifier`] says why and how).
 //!
 //! ```
 //! use eda_dispatch::ring;

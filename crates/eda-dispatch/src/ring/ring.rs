@@ -69,8 +69,9 @@ pub struct RingBuffer<T> {
     /// must then wake waiting consumers too, not only producers.
     pub(super) pipelined: AtomicBool,
     /// How everyone waits on this ring. Only [`WaitStrategy::Blocking`] rings signal
-    /// (a fence and a load per publish and per consumed batch); spinning and yielding
-    /// rings never do, as in the LMAX Disruptor.
+    /// (a barrier and a load per publish and per consumed batch: a compiler fence while
+    /// only threads wait, see [`Notifier`]); spinning and yielding rings never do, as in
+    /// the LMAX Disruptor.
     pub(super) strategy: WaitStrategy,
 }
 

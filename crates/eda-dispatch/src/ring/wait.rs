@@ -5,7 +5,8 @@ use std::task::Waker;
 use std::time::Duration;
 
 use super::sync::{
-    AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, fence, lock, spin_loop, yield_now,
+    AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, asymmetric, compiler_fence, fence, lock,
+    spin_loop, yield_now,
 };
 
 /// How a consumer thread waits for the next sequence.
@@ -27,7 +28,9 @@ pub enum WaitStrategy {
     Yielding,
     /// Yield a few times, then park on a condition variable until signalled (async
     /// consumers: register and await). Never burns a core while idle, and while events
-    /// flow it rarely parks, so publishers rarely pay for a wake-up. It does not spin:
+    /// flow it rarely parks, so publishers rarely pay for a wake-up. (On Linux a thread
+    /// pays a `membarrier` when it parks, so that publishers' sleeper checks need no
+    /// fence: [`Notifier`].) It does not spin:
     /// with more threads than cores (three consumers and a producer on two), a spinning
     /// consumer holds the core its producer needs; a yield gives it up, and returns at
     /// once when nobody else wants it. (With 100 spins first, multicast 1P–3C on two
@@ -48,28 +51,69 @@ const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
 
 /// Wakes waiters of one condition ("data published" or "space freed").
 ///
-/// The hot path of the signalling side is a fence and one load when nobody waits. A
-/// waiter announces itself (count + fence) *before* its final check of the condition,
-/// and the signaller makes its change visible (fence) *before* reading the count: by
-/// the two SeqCst fences, either the signaller sees the waiter or the waiter sees the
+/// The hot path of the signalling side is a barrier and one load when nobody waits. A
+/// waiter announces itself (count + barrier) *before* its final check of the condition,
+/// and the signaller makes its change visible (barrier) *before* reading the count: by
+/// the two barriers, either the signaller sees the waiter or the waiter sees the
 /// change, so no wake-up is lost. Thread waiters also clear `signalled` (an AcqRel
-/// swap) before that fence, and a signaller that sees sleepers wakes them only if its
+/// swap) before that barrier, and a signaller that sees sleepers wakes them only if its
 /// own swap sets the flag. A signaller that skips, its swap finding the flag set, is
 /// in the flag's modification order: a waiter's later clear reads from it or from a
 /// later signaller (acquiring what it published), and a signaller after the clear
-/// finds the flag clear and wakes. (Relaxed swaps leaning on the fences alone lost a
+/// finds the flag clear and wakes. (Relaxed swaps leaning on the barriers alone lost a
 /// wake-up in the loom models.)
-#[derive(Debug, Default)]
+///
+/// The barriers are SeqCst fences, except where `membarrier(2)` is available
+/// (`sync::asymmetric`): there the signaller, which runs once per publish and per
+/// consumed batch, makes only a compiler fence, and a waiting *thread* pays instead, a
+/// membarrier (microseconds) on its way to sleep, which it does rarely while events
+/// flow. (A SeqCst fence per publish waits for the publish's stores to leave the store
+/// buffer while consumers read those lines: the twelfth session measured it as most of
+/// the gap between `Blocking` and `Yielding` multicast.) Async waiters register far
+/// more often (the bus's processors, on every empty ring), so the first async
+/// registration switches the notifier to fences on both sides for good: it announces
+/// itself, marks the switch, and makes one membarrier, so that a signaller that read
+/// the mode before the mark had its change visible by then; later registrations find
+/// the switch made and fence. Under loom both sides fence: the models check the
+/// symmetric protocol, which the asymmetric pair orders the same way.
+#[derive(Debug)]
 pub struct Notifier {
     sleepers: AtomicUsize,
     /// Set by the notify that woke the sleeping threads, cleared by each thread before
     /// its final check of the condition: the signals in between (a producer publishing
     /// while its consumers wake up) skip the lock and the futex call.
     signalled: AtomicBool,
+    /// `membarrier` is there: signallers in [`LIGHT`] mode make a compiler fence only.
+    asymmetric: bool,
+    /// [`LIGHT`], [`SWITCHING`] or [`FENCED`] (only ever increases).
+    mode: AtomicUsize,
     lock: Mutex<()>,
     cond: Condvar,
     async_waiters: AtomicUsize,
     wakers: Mutex<Vec<Waker>>,
+}
+
+/// Signallers make a compiler fence; waiters a membarrier.
+const LIGHT: usize = 0;
+/// An async waiter is making the membarrier that ends [`LIGHT`] mode: signallers fence,
+/// waiters still make membarriers.
+const SWITCHING: usize = 1;
+/// Both sides make SeqCst fences.
+const FENCED: usize = 2;
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Self {
+            sleepers: AtomicUsize::new(0),
+            signalled: AtomicBool::new(false),
+            asymmetric: asymmetric::available(),
+            mode: AtomicUsize::new(LIGHT),
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+            async_waiters: AtomicUsize::new(0),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Notifier {
@@ -77,7 +121,12 @@ impl Notifier {
     /// (publish, or consumer progress) is stored.
     #[inline]
     pub fn notify(&self) {
-        fence(Ordering::SeqCst);
+        if self.asymmetric && self.mode.load(Ordering::Relaxed) == LIGHT {
+            // Paired with the waiters' membarrier (type docs).
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if self.sleepers.load(Ordering::Relaxed) > 0 && !self.signalled.swap(true, Ordering::AcqRel)
         {
             let _guard = lock(&self.lock);
@@ -95,6 +144,17 @@ impl Notifier {
         }
     }
 
+    /// A waiter's barrier between announcing itself and its final check: a membarrier
+    /// while signallers may still make compiler fences, a fence once they all fence.
+    #[inline]
+    fn waiter_barrier(&self) {
+        if self.asymmetric && self.mode.load(Ordering::Acquire) != FENCED {
+            asymmetric::heavy();
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
     /// Blocks the thread until `ready()` holds (or `timeout` passes; `None` = forever).
     pub fn wait_until(&self, mut ready: impl FnMut() -> bool, timeout: Option<Duration>) -> bool {
         if ready() {
@@ -104,7 +164,7 @@ impl Notifier {
         loop {
             self.signalled.swap(false, Ordering::AcqRel);
             self.sleepers.fetch_add(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
+            self.waiter_barrier();
             if ready() {
                 self.sleepers.fetch_sub(1, Ordering::Relaxed);
                 return true;
@@ -140,7 +200,18 @@ impl Notifier {
             }
             self.async_waiters.fetch_add(1, Ordering::Relaxed);
         }
-        fence(Ordering::SeqCst);
+        if self.asymmetric && self.mode.load(Ordering::Acquire) != FENCED {
+            // Once per notifier (or per racing registration): from the mark on,
+            // signallers fence; one that read `LIGHT` before it had made its change
+            // visible by the time the membarrier returns.
+            let _ =
+                self.mode
+                    .compare_exchange(LIGHT, SWITCHING, Ordering::Relaxed, Ordering::Relaxed);
+            asymmetric::heavy();
+            self.mode.store(FENCED, Ordering::Release);
+        } else {
+            fence(Ordering::SeqCst);
+        }
     }
 }
 
