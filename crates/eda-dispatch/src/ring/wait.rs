@@ -253,7 +253,21 @@ impl WaitStrategy {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::WaitStrategy;
+    use super::{FENCED, LIGHT, Notifier, Ordering, WaitStrategy};
+
+    #[test]
+    fn the_first_async_registration_switches_signallers_to_fences() {
+        let notifier = Notifier::default();
+        assert_eq!(notifier.mode.load(Ordering::Relaxed), LIGHT);
+        // A thread that waited (and timed out) leaves the signallers on compiler fences.
+        let waited = notifier.wait_until(|| false, Some(std::time::Duration::from_millis(1)));
+        assert!(!waited);
+        assert_eq!(notifier.mode.load(Ordering::Relaxed), LIGHT);
+        notifier.register(std::task::Waker::noop());
+        // Without membarrier the mode stays, and signallers fence anyway.
+        let expected = if notifier.asymmetric { FENCED } else { LIGHT };
+        assert_eq!(notifier.mode.load(Ordering::Relaxed), expected);
+    }
 
     #[test]
     fn the_default_strategy_is_the_one_the_constructors_use() {
