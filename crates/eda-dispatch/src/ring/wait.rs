@@ -68,8 +68,9 @@ const YIELD_TRIES: u32 = if cfg!(loom) { 0 } else { 8 };
 /// consumed batch, makes only a compiler fence, and a waiting *thread* pays instead, a
 /// membarrier (microseconds) on its way to sleep, which it does rarely while events
 /// flow. (A SeqCst fence per publish waits for the publish's stores to leave the store
-/// buffer while consumers read those lines: the twelfth session measured it as most of
-/// the gap between `Blocking` and `Yielding` multicast.) Async waiters register far
+/// buffer while consumers read those lines: multicast 1P–3C ran ~1.6× faster with no
+/// barrier at all, which can lose wake-ups, and ~1.2× with the membarrier pair;
+/// docs/benchmarks.md.) Async waiters register far
 /// more often (the bus's processors, on every empty ring), so the first async
 /// registration switches the notifier to fences on both sides for good: it announces
 /// itself, marks the switch, and makes one membarrier, so that a signaller that read
