@@ -13,12 +13,34 @@ use super::{WaitStrategy, multi_producer, single_producer, single_producer_with}
 /// Reads `n` events on this thread, blocking while none is available (a condvar wait
 /// is one step for loom, where a spin loop is many).
 fn drain(consumer: &mut super::Consumer<u64>, n: usize) -> Vec<u64> {
+    drain_with(consumer, n, |c| c.wait().unwrap())
+}
+
+/// Reads `n` events, calling `wait` whenever it wants more.
+fn drain_with(
+    consumer: &mut super::Consumer<u64>,
+    n: usize,
+    wait: impl Fn(&super::Consumer<u64>),
+) -> Vec<u64> {
     let mut seen = Vec::new();
     while seen.len() < n {
-        consumer.wait().unwrap();
+        wait(consumer);
         consumer.try_read_batch(2, |_, v| seen.push(*v));
     }
     seen
+}
+
+/// A producer publishes two events while a reader waits for them with `wait`: either
+/// the producer's notify wakes the reader or the reader's last look sees the event.
+fn a_waiting_reader_gets_both_events(wait: fn(&super::Consumer<u64>)) {
+    loom::model(move || {
+        let (mut producer, ring) = single_producer::<u64>(2);
+        let mut consumer = ring.consumer();
+        let reader = thread::spawn(move || drain_with(&mut consumer, 2, wait));
+        producer.try_publish(1).unwrap();
+        producer.try_publish(2).unwrap();
+        assert_eq!(reader.join().unwrap(), vec![1, 2]);
+    });
 }
 
 #[test]
@@ -97,42 +119,13 @@ fn loom_yielding_consumer_sees_a_batch() {
 
 #[test]
 fn loom_blocking_wait_never_loses_a_wakeup() {
-    loom::model(|| {
-        let (mut producer, ring) = single_producer::<u64>(2);
-        let mut consumer = ring.consumer();
-        let reader = thread::spawn(move || {
-            let mut seen = Vec::new();
-            while seen.len() < 2 {
-                consumer.wait().unwrap();
-                consumer.try_read_batch(2, |_, v| seen.push(*v));
-            }
-            seen
-        });
-        producer.try_publish(1).unwrap();
-        producer.try_publish(2).unwrap();
-        assert_eq!(reader.join().unwrap(), vec![1, 2]);
-    });
+    a_waiting_reader_gets_both_events(|c| c.wait().unwrap());
 }
 
-/// An async consumer (no thread of its own): it registers its waker, then looks again;
-/// the producer's notify must wake it or the registration must see the event.
+/// An async consumer (no thread of its own): it registers its waker, then looks again.
 #[test]
 fn loom_async_wait_never_loses_a_wakeup() {
-    loom::model(|| {
-        let (mut producer, ring) = single_producer::<u64>(2);
-        let mut consumer = ring.consumer();
-        let reader = thread::spawn(move || {
-            let mut seen = Vec::new();
-            while seen.len() < 2 {
-                loom::future::block_on(consumer.ready()).unwrap();
-                consumer.try_read_batch(2, |_, v| seen.push(*v));
-            }
-            seen
-        });
-        producer.try_publish(1).unwrap();
-        producer.try_publish(2).unwrap();
-        assert_eq!(reader.join().unwrap(), vec![1, 2]);
-    });
+    a_waiting_reader_gets_both_events(|c| loom::future::block_on(c.ready()).unwrap());
 }
 
 /// Two blocked consumers, one signal: the one that sets `signalled` wakes both, and a
