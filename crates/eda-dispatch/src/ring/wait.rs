@@ -145,11 +145,18 @@ impl Notifier {
         }
     }
 
+    /// Whether signallers may still make compiler fences only, so that a waiter must
+    /// make the membarrier (not yet [`FENCED`]).
+    #[inline]
+    fn waiters_pay(&self) -> bool {
+        self.asymmetric && self.mode.load(Ordering::Acquire) != FENCED
+    }
+
     /// A waiter's barrier between announcing itself and its final check: a membarrier
     /// while signallers may still make compiler fences, a fence once they all fence.
     #[inline]
     fn waiter_barrier(&self) {
-        if self.asymmetric && self.mode.load(Ordering::Acquire) != FENCED {
+        if self.waiters_pay() {
             asymmetric::heavy();
         } else {
             fence(Ordering::SeqCst);
@@ -201,7 +208,7 @@ impl Notifier {
             }
             self.async_waiters.fetch_add(1, Ordering::Relaxed);
         }
-        if self.asymmetric && self.mode.load(Ordering::Acquire) != FENCED {
+        if self.waiters_pay() {
             // Once per notifier (or per racing registration): from the mark on,
             // signallers fence; one that read `LIGHT` before it had made its change
             // visible by the time the membarrier returns.
