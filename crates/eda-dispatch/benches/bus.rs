@@ -35,22 +35,31 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Events per second, median of RUNS runs of `f(n)` (which returns its elapsed time).
 fn rate(n: u64, mut f: impl FnMut(u64) -> Duration) -> f64 {
-    rate_and_wakeups(n, 1, |n| (f(n), 0)).0
+    rate_and_wakeups(n, 1, |n| (f(n), Counted::default())).0
 }
 
-/// [`rate`] for runs that also count their group processors' wake-ups: the median
-/// rate, and each run's rate and wake-ups per 1,000 deliveries (`deliveries` per event).
+/// What a run's group processors counted (`BusStats`).
+#[derive(Clone, Copy, Default)]
+struct Counted {
+    wakeups: u64,
+    batches: u64,
+}
+
+/// [`rate`] for runs that also count what their group processors did: the median
+/// rate, and each run's rate, wake-ups per 1,000 deliveries and mean batch read
+/// (`deliveries` per event).
 fn rate_and_wakeups(
     n: u64,
     deliveries: u64,
-    mut f: impl FnMut(u64) -> (Duration, u64),
-) -> (f64, Vec<(f64, f64)>) {
+    mut f: impl FnMut(u64) -> (Duration, Counted),
+) -> (f64, Vec<(f64, f64, f64)>) {
     f(n / 10); // warm-up
     let runs: Vec<_> = (0..RUNS)
         .map(|_| {
-            let (elapsed, wakeups) = f(n);
-            let per_k = wakeups as f64 * 1000.0 / (n * deliveries) as f64;
-            (n as f64 / elapsed.as_secs_f64(), per_k)
+            let (elapsed, counted) = f(n);
+            let per_k = counted.wakeups as f64 * 1000.0 / (n * deliveries) as f64;
+            let batch = (n * deliveries) as f64 / counted.batches.max(1) as f64;
+            (n as f64 / elapsed.as_secs_f64(), per_k, batch)
         })
         .collect();
     (median(runs.iter().map(|r| r.0).collect()), runs)
@@ -232,8 +241,13 @@ fn counting_subscribers(
     (count, subscriptions)
 }
 
-/// The elapsed time and the group processors' wake-ups (`BusStats::wakeups`).
-fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -> (Duration, u64) {
+/// The elapsed time and what the group processors counted.
+fn eda_async(
+    rt: &tokio::runtime::Runtime,
+    subs: usize,
+    n: u64,
+    timeout: bool,
+) -> (Duration, Counted) {
     rt.block_on(async {
         let bus = Bus::new();
         let options = if timeout {
@@ -248,9 +262,13 @@ fn eda_async(rt: &tokio::runtime::Runtime, subs: usize, n: u64, timeout: bool) -
         }
         wait_for(&count, n * subs as u64).await;
         let elapsed = start.elapsed();
-        let wakeups = bus.stats().wakeups;
+        let stats = bus.stats();
         bus.shutdown(Duration::from_secs(5)).await;
-        (elapsed, wakeups)
+        let counted = Counted {
+            wakeups: stats.wakeups,
+            batches: stats.batches,
+        };
+        (elapsed, counted)
     })
 }
 
@@ -298,7 +316,7 @@ struct Row {
     baselines: Vec<(&'static str, f64)>,
     features: &'static str,
     /// Each run's rate and wake-ups of the group processors per 1,000 deliveries.
-    wakeups: Vec<(f64, f64)>,
+    wakeups: Vec<(f64, f64, f64)>,
 }
 
 fn main() {
@@ -431,11 +449,12 @@ fn main() {
         // A run whose groups are woken often is a slow run: each wake-up costs the
         // publisher a task (often a thread) wake-up.
         println!(
-            "\nEach run: events/s (group wake-ups per 1,000 deliveries, `BusStats::wakeups`):"
+            "\nEach run: events/s (group wake-ups per 1,000 deliveries, `BusStats::wakeups`; \
+             mean batch a group read, deliveries ÷ `BusStats::batches`):"
         );
         for row in woken {
             let runs: Vec<_> = (row.wakeups.iter())
-                .map(|(r, w)| format!("{:.2} M ({w:.1})", r / 1e6))
+                .map(|(r, w, b)| format!("{:.2} M ({w:.1}, {b:.0})", r / 1e6))
                 .collect();
             println!("- {}: {}", row.scenario, runs.join(", "));
         }

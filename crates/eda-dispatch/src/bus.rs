@@ -93,6 +93,20 @@ pub(crate) struct Inner {
 /// What is left of a publish that must wait (for room in a ring, or for a store).
 type Rest<'a> = eda_core::BoxFuture<'a, Result<(), PublishError>>;
 
+/// Runs a publish's synchronous part (`now`) in the publish's span, if there is one;
+/// what it left to await comes back in the span too (boxed once more; only a publish
+/// that waits, with spans on). The publish's own future does not carry the span.
+fn start_in_span<'a>(
+    span: Option<tracing::Span>,
+    now: impl FnOnce() -> Result<Option<Rest<'a>>, PublishError>,
+) -> Result<Option<Rest<'a>>, PublishError> {
+    let Some(span) = span else {
+        return now();
+    };
+    let rest = span.in_scope(now)?;
+    Ok(rest.map(|rest| Box::pin(rest.instrument(span)) as Rest<'a>))
+}
+
 /// Who gets what: read on every publish, rebuilt on every (un)subscribe.
 #[derive(Clone, Default)]
 struct Routing {
@@ -445,24 +459,10 @@ impl Bus {
         &self,
         envelope: Arc<Envelope<E>>,
     ) -> Result<EventId, PublishError> {
-        let span = self.publish_span(E::TYPE, envelope.id);
         let id = envelope.id;
-        self.publish_in_span(id, span, || self.publish_envelope_now(envelope))
-            .await
-    }
-
-    /// Runs a publish's synchronous part (`now`), then awaits what it left, both in the
-    /// publish's span.
-    async fn publish_in_span<'a>(
-        &'a self,
-        id: EventId,
-        span: Option<tracing::Span>,
-        now: impl FnOnce() -> Result<Option<Rest<'a>>, PublishError>,
-    ) -> Result<EventId, PublishError> {
-        match (crate::obs::in_span(span.clone(), now)?, span) {
-            (None, _) => {}
-            (Some(rest), Some(span)) => rest.instrument(span).await?,
-            (Some(rest), None) => rest.await?,
+        let span = self.publish_span(E::TYPE, id);
+        if let Some(rest) = start_in_span(span, || self.publish_envelope_now(envelope))? {
+            rest.await?;
         }
         Ok(id)
     }
@@ -599,10 +599,12 @@ impl Bus {
 
     /// [`publish_shared`](Self::publish_shared) for a record.
     async fn publish_raw_shared(&self, raw: Arc<RawEvent>) -> Result<EventId, PublishError> {
-        let span = self.publish_span(&raw.event_type, raw.id);
         let id = raw.id;
-        self.publish_in_span(id, span, || self.publish_raw_now(raw))
-            .await
+        let span = self.publish_span(&raw.event_type, id);
+        if let Some(rest) = start_in_span(span, || self.publish_raw_now(raw))? {
+            rest.await?;
+        }
+        Ok(id)
     }
 
     /// [`publish_envelope_now`](Self::publish_envelope_now) for a record.

@@ -20,10 +20,12 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     /// Times the group's processor, its queue empty, waited and was woken by a publish.
     pub(crate) wakeups: AtomicU64,
+    /// Batches the group's processor read from its rings.
+    pub(crate) batches: AtomicU64,
 }
 
 /// How many counters a [`Counters`] has.
-const FIELDS: usize = 8;
+const FIELDS: usize = 9;
 
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -40,6 +42,7 @@ impl Counters {
             &self.dropped,
             &self.retries,
             &self.wakeups,
+            &self.batches,
         ]
     }
 
@@ -97,6 +100,7 @@ impl Tally {
             dropped,
             retries,
             wakeups,
+            batches,
         ] = totals;
         let settled = delivered + failed + dead_lettered + expired + dropped;
         BusStats {
@@ -110,6 +114,7 @@ impl Tally {
             in_flight: deliveries.saturating_sub(settled),
             retries,
             wakeups,
+            batches,
         }
     }
 }
@@ -145,6 +150,11 @@ pub struct BusStats {
     /// groups keep up with steady traffic counts about one per event, and under a burst
     /// far fewer than events.
     pub wakeups: u64,
+    /// Batches the groups' processors read from their topics' rings: `deliveries /
+    /// batches` is the mean batch of in-process groups (at most 256). A processor that
+    /// keeps up with its publishers would read one event at a time; it yields once
+    /// after a small read so that the next one reads more.
+    pub batches: u64,
 }
 
 /// What [`Bus::shutdown`](crate::Bus::shutdown) did: the counters at the end, and
