@@ -19,7 +19,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::cause::CURRENT_EVENT;
 use crate::commit::{CommitOptions, GroupCommit};
 use crate::config::{BusConfig, TopicConfig};
 use crate::error::{PublishError, SubscribeError, SyncFailure};
@@ -690,7 +689,7 @@ impl Bus {
         if is_default_source(source) {
             *source = self.inner.source.clone();
         }
-        let _ = CURRENT_EVENT.try_with(|cause| {
+        crate::cause::with_current(|cause| {
             metadata.inherit_from(&eda_core::Cause::of(cause.id(), cause.metadata()));
         });
         if metadata.traceparent.is_none() {
@@ -997,7 +996,8 @@ impl Bus {
         let gate = Arc::new(Gate::new());
         let mut middleware = self.inner.middleware.clone();
         middleware.extend(options.middleware.iter().cloned());
-        let member = Arc::new(Member {
+        let member = Arc::new_cyclic(|me| Member {
+            me: me.clone(),
             handler: Arc::new(handler),
             info,
             settings: Settings {

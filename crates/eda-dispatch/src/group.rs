@@ -345,7 +345,7 @@ where
         self.view[idx].in_flight += 1;
         let id = member_id(member);
         // Most handlers finish on their first poll: no FuturesUnordered entry then.
-        match member.clone().start(item, &self.clock) {
+        match member.start(item, &self.clock) {
             Started::Done(back) => self.complete((id, key, back)),
             Started::Running(fut) => self
                 .in_flight

@@ -6,7 +6,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -18,7 +18,6 @@ use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use tokio::time::Instant;
 
-use crate::cause::CURRENT_EVENT;
 use crate::gate::Gate;
 use crate::item::Item;
 use crate::obs::{Attempted, DeadReason, GroupMetrics};
@@ -39,6 +38,10 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct Member<M, H> {
+    /// The member itself, for the futures of events that outlive their first poll
+    /// (the processor calls [`GroupMember::start`] by reference: no reference count is
+    /// touched for the events that end there).
+    pub(crate) me: Weak<Self>,
     pub(crate) handler: Arc<H>,
     pub(crate) info: Arc<SubscriptionInfo>,
     pub(crate) settings: Settings,
@@ -55,7 +58,7 @@ pub(crate) trait GroupMember<M>: Send + Sync + 'static {
     /// Starts one event's lifecycle and polls it once. Most handlers finish on their
     /// first poll: then the lifecycle ends here, without a boxed future for it. The
     /// attempt's deadline counts from `clock`'s reading.
-    fn start(self: Arc<Self>, item: Item<M>, clock: &RunClock) -> Started<M>;
+    fn start(&self, item: Item<M>, clock: &RunClock) -> Started<M>;
     fn weight(&self) -> u32;
     fn concurrency(&self) -> usize;
     fn gate(&self) -> &Arc<Gate>;
@@ -71,14 +74,15 @@ pub(crate) enum Started<M> {
 }
 
 impl<M: EventInfo, H: Handler<M>> GroupMember<M> for Member<M, H> {
-    fn start(self: Arc<Self>, item: Item<M>, clock: &RunClock) -> Started<M> {
+    fn start(&self, item: Item<M>, clock: &RunClock) -> Started<M> {
         let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
         let event = match item {
             Item::Event(event) if self.fast(&event) => event,
             item => {
                 // Undecodable, expired or behind middleware: the whole lifecycle, boxed.
+                let this = self.this();
                 let mut fut: BoxFuture<'static, Option<Item<M>>> =
-                    Box::pin(async move { self.process_item(item).await });
+                    Box::pin(async move { this.process_item(item).await });
                 return match fut.as_mut().poll(&mut cx) {
                     Poll::Ready(back) => Started::Done(back),
                     Poll::Pending => Started::Running(fut),
@@ -91,13 +95,14 @@ impl<M: EventInfo, H: Handler<M>> GroupMember<M> for Member<M, H> {
         let first = match begun.first {
             Poll::Ready(result) => self.end_attempt(result, begun.started),
             Poll::Pending => {
+                let this = self.this();
                 return Started::Running(Box::pin(async move {
-                    let result = self.rest_of_attempt(begun).await;
+                    let result = this.rest_of_attempt(begun).await;
                     let outcome = match result {
                         Ok(ended) => Outcome::Delivered(ended),
-                        Err(failure) => self.retry(&event, 1, failure).await,
+                        Err(failure) => this.retry(&event, 1, failure).await,
                     };
-                    self.conclude(event, outcome).await
+                    this.conclude(event, outcome).await
                 }));
             }
         };
@@ -106,10 +111,13 @@ impl<M: EventInfo, H: Handler<M>> GroupMember<M> for Member<M, H> {
                 self.delivered(&event, ended);
                 Started::Done(None)
             }
-            Err(failure) => Started::Running(Box::pin(async move {
-                let outcome = self.retry(&event, 1, failure).await;
-                self.conclude(event, outcome).await
-            })),
+            Err(failure) => {
+                let this = self.this();
+                Started::Running(Box::pin(async move {
+                    let outcome = this.retry(&event, 1, failure).await;
+                    this.conclude(event, outcome).await
+                }))
+            }
         }
     }
     fn weight(&self) -> u32 {
@@ -273,6 +281,14 @@ where
     M: EventInfo,
     H: Handler<M>,
 {
+    /// The member, owned (for a future that outlives the call).
+    fn this(&self) -> Arc<Self> {
+        // A member is only reached through an `Arc` (its group's, its processor's).
+        self.me
+            .upgrade()
+            .expect("a member in use has a strong reference")
+    }
+
     async fn process_item(&self, item: Item<M>) -> Option<Item<M>> {
         let event = match item {
             Item::Event(event) => event,
@@ -579,11 +595,11 @@ where
             }
         };
         match &self.settings.executor {
-            Executor::Inline => (Box::pin(CURRENT_EVENT.scope(current, call)), false),
+            Executor::Inline => (Box::pin(crate::cause::scope(current, call)), false),
             Executor::Runtime(runtime) => {
                 let timeout = self.settings.timeout.unwrap_or_default();
                 let task = runtime.spawn(tracing::Instrument::in_current_span(
-                    CURRENT_EVENT.scope(current, call),
+                    crate::cause::scope(current, call),
                 ));
                 let abort = task.abort_handle();
                 let joined = async move {

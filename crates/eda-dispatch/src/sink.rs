@@ -11,7 +11,6 @@ use eda_core::{
     Context, Envelope, Event, EventInfo, HandlerError, RawEvent, SubscriptionInfo, SyncHandler,
 };
 
-use crate::cause::CURRENT_EVENT;
 use crate::error::SyncFailure;
 use crate::gate::Gate;
 use crate::item::Item;
@@ -181,7 +180,7 @@ impl<M: EventInfo, A: AcceptsOffer<M>> SyncSink<M, A> {
                 std::panic::catch_unwind(AssertUnwindSafe(|| member.handler.handle(&event, &ctx)))
             })
         };
-        let (result, outcome) = match CURRENT_EVENT.sync_scope(current, call) {
+        let (result, outcome) = match crate::cause::sync_scope(current, call) {
             Ok(Ok(())) => (Ok(()), Attempted::Ack),
             Ok(Err(e)) => (Err(e), Attempted::Nack),
             Err(panic) => (
