@@ -786,7 +786,10 @@ impl Bus {
         if !topic.has_consumers() {
             return Ok(None);
         }
-        match topic.producer.try_publish(Published::new(event)) {
+        match topic
+            .producer
+            .try_publish(Published::new(event, topic.has_record_readers()))
+        {
             Ok(_) => Ok(None),
             Err(slot) => Self::full(topic, slot, wait).map(Some),
         }

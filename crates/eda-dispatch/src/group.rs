@@ -158,7 +158,7 @@ where
         topic: &Arc<Topic>,
         runtime: &tokio::runtime::Handle,
     ) -> tokio::task::JoinHandle<()> {
-        let consumer = topic.attach(self.name.clone(), self.policy);
+        let consumer = topic.attach(self.name.clone(), self.policy, self.accepts.records());
         let held = Arc::new(AtomicUsize::new(0));
         lock(&self.attachments).push(Attachment {
             topic: topic.clone(),

@@ -54,6 +54,10 @@ impl<'a> Offer<'a> {
 pub(crate) trait Accepts<M>: Send + Sync + 'static {
     fn take(&self, published: &Published) -> Option<Item<M>>;
     fn describe(&self) -> String;
+    /// Whether it takes events as records (a topic caches their encoding then).
+    fn records(&self) -> bool {
+        false
+    }
 }
 
 /// What a synchronous group takes from a publish in progress (typed groups only:
@@ -102,6 +106,11 @@ impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
             return None;
         }
         let any: Arc<dyn Any + Send + Sync> = published.event.clone();
+        if let Ok(env) = any.downcast::<Envelope<E>>() {
+            return Some(Item::Event(env));
+        }
+        // Published raw, or wrapped with its record form for pattern groups.
+        let any: Arc<dyn Any + Send + Sync> = published.event().clone();
         match any.downcast::<Envelope<E>>() {
             Ok(env) => Some(Item::Event(env)),
             Err(any) => any.downcast::<RawEvent>().ok().map(decode_raw),
@@ -130,6 +139,9 @@ impl Accepts<RawEvent> for PatternFilter {
     }
     fn describe(&self) -> String {
         format!("pattern `{}`", self.0.as_str())
+    }
+    fn records(&self) -> bool {
+        true
     }
 }
 

@@ -691,6 +691,78 @@ async fn pattern_subscribers_get_type_erased_events() {
     assert_eq!(json["partitionkey"], "c5");
 }
 
+/// Counts how often it is serialized: the bus encodes an event for pattern groups.
+static ENCODED: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Clone, serde::Deserialize)]
+struct Audited {
+    n: u64,
+}
+
+impl serde::Serialize for Audited {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ENCODED.fetch_add(1, Ordering::Relaxed);
+        s.serialize_u64(self.n)
+    }
+}
+
+impl eda_core::Event for Audited {
+    const TYPE: &'static str = "audit.entry";
+}
+
+/// A typed group alone never makes the bus encode; two pattern groups share one
+/// encoding of each event, and the typed group still gets every event.
+#[tokio::test]
+async fn pattern_groups_share_one_encoding_per_event() {
+    let bus = Bus::new();
+    let typed = Arc::new(AtomicU64::new(0));
+    let t = typed.clone();
+    let _typed = bus
+        .subscribe(move |_e: Arc<Envelope<Audited>>, _c: Context| {
+            t.fetch_add(1, Ordering::Relaxed);
+            async { Ok(()) }
+        })
+        .unwrap();
+    for n in 0..10 {
+        bus.publish(Audited { n }).await.unwrap();
+    }
+    while typed.load(Ordering::Relaxed) < 10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(ENCODED.load(Ordering::Relaxed), 0);
+
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let records = records.clone();
+        subs.push(
+            bus.subscribe_pattern(
+                "audit.*",
+                SubscribeOptions::new(),
+                move |e: Arc<RawEvent>, _c: Context| {
+                    records.lock().unwrap().push(e.to_json().unwrap());
+                    async { Ok(()) }
+                },
+            )
+            .unwrap(),
+        );
+    }
+    for n in 10..20 {
+        bus.publish(Audited { n }).await.unwrap();
+    }
+    bus.shutdown(Duration::from_secs(5)).await;
+    let records = records.lock().unwrap();
+    assert_eq!(records.len(), 20, "every event to both pattern groups");
+    assert_eq!(typed.load(Ordering::Relaxed), 20, "and to the typed group");
+    assert_eq!(
+        ENCODED.load(Ordering::Relaxed),
+        10,
+        "one encoding per event"
+    );
+    let json: serde_json::Value = serde_json::from_str(&records[0]).unwrap();
+    assert_eq!(json["data"], 10);
+}
+
 #[tokio::test]
 async fn events_published_by_a_handler_inherit_correlation_and_trace() {
     let bus = Bus::builder().service("shop", "2.1.0").build();
