@@ -24,20 +24,28 @@ thread_local! {
 /// `slot` and restores what the thread had (a scope inside another, or none).
 struct Entered<'a> {
     slot: &'a mut Option<Arc<dyn EventInfo>>,
-    outer: Option<Arc<dyn EventInfo>>,
+    /// What the thread had; `None` inside when it had nothing, and `None` outside when
+    /// its slot was gone (a future dropped by a thread-local destructor at thread
+    /// exit: it runs without a current event then).
+    outer: Option<Option<Arc<dyn EventInfo>>>,
 }
 
 impl<'a> Entered<'a> {
     fn new(slot: &'a mut Option<Arc<dyn EventInfo>>) -> Self {
-        let outer = CURRENT.with(|current| current.replace(slot.take()));
+        let outer = CURRENT
+            .try_with(|current| current.replace(slot.take()))
+            .ok();
         Self { slot, outer }
     }
 }
 
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        let outer = self.outer.take();
-        *self.slot = CURRENT.with(|current| current.replace(outer));
+        if let Some(outer) = self.outer.take()
+            && let Ok(event) = CURRENT.try_with(|current| current.replace(outer))
+        {
+            *self.slot = event;
+        }
     }
 }
 
@@ -99,7 +107,7 @@ impl<F: Future> Future for Scoped<F> {
 /// Calls `f` with the current event, if a handler is running on this task (or, for
 /// synchronous handlers, on this thread).
 pub(crate) fn with_current<R>(f: impl FnOnce(&dyn EventInfo) -> R) -> Option<R> {
-    CURRENT.with(|current| {
+    let f = |current: &Cell<Option<Arc<dyn EventInfo>>>| {
         let event = current.take()?;
         // Put back even if `f` panics.
         struct Restore<'a>(
@@ -114,7 +122,9 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&dyn EventInfo) -> R) -> Option<R> 
         let restore = Restore(current, Some(event));
         let event = restore.1.as_deref()?;
         Some(f(event))
-    })
+    };
+    // No current event on a thread whose slot is gone (thread-local destructors).
+    CURRENT.try_with(f).ok().flatten()
 }
 
 /// The cause of an event published now: the event whose handler is running on this
