@@ -501,7 +501,7 @@ impl Bus {
                 })?;
             return Ok(Some(Box::pin(self.append_durable(topic, commit, raw))));
         }
-        self.dispatch_now(&Offer::typed(&envelope), envelope.clone(), true)
+        self.dispatch_now(envelope, true)
     }
 
     /// Publishes events one after another; stops at the first error. On a durable topic
@@ -583,9 +583,9 @@ impl Bus {
                 ),
             });
         }
-        let envelope = Arc::new(envelope);
-        self.try_dispatch(&Offer::typed(&envelope), envelope.clone())?;
-        Ok(envelope.id)
+        let id = envelope.id;
+        self.try_dispatch(Arc::new(envelope))?;
+        Ok(id)
     }
 
     /// Publishes a type-erased record (e.g. from a store or another service). Typed
@@ -627,7 +627,7 @@ impl Bus {
             let raw = Arc::unwrap_or_clone(raw);
             return Ok(Some(Box::pin(self.append_durable(topic, commit, raw))));
         }
-        self.dispatch_now(&Offer::raw(&raw), raw.clone(), true)
+        self.dispatch_now(raw, true)
     }
 
     /// The committer of `event_type`'s topic, if that topic is durable.
@@ -847,19 +847,24 @@ impl Bus {
 
     /// Runs the synchronous groups and appends to the topic's ring if it has room.
     /// `Ok(Some(rest))`: the ring is full and `wait` allows waiting; `rest` waits for
-    /// room (up to the dispatch timeout) and appends.
+    /// room (up to the dispatch timeout) and appends. The event is moved into the
+    /// ring: no reference count is touched on the way unless a synchronous group
+    /// takes it.
     fn dispatch_now(
         &self,
-        offer: &Offer<'_>,
         event: Arc<dyn EventInfo>,
         wait: bool,
     ) -> Result<Option<Rest<'_>>, PublishError> {
         let mut failures = Vec::new();
-        let event_id = offer.info.id();
+        let event_id = event.id();
         // Borrowed from the routing snapshot: no reference count touched while the ring
         // has room; owned by what is left when the publish must wait.
         let routing = self.inner.routing.load();
-        let (topic, published) = self.run_sync(&routing, offer, &mut failures);
+        let offer = Offer {
+            event_type: event.event_type(),
+            event: &event,
+        };
+        let (topic, published) = self.run_sync(&routing, &offer, &mut failures);
         let slot = match &topic {
             Some(topic) => self.try_append(topic, event, wait)?,
             None => None,
@@ -880,12 +885,8 @@ impl Bus {
         }
     }
 
-    fn try_dispatch(
-        &self,
-        offer: &Offer<'_>,
-        event: Arc<dyn EventInfo>,
-    ) -> Result<(), PublishError> {
-        match self.dispatch_now(offer, event, false)? {
+    fn try_dispatch(&self, event: Arc<dyn EventInfo>) -> Result<(), PublishError> {
+        match self.dispatch_now(event, false)? {
             None => Ok(()),
             Some(_) => unreachable!("a publish that may not wait never waits"),
         }

@@ -20,34 +20,12 @@ use crate::runner::panic_message;
 use crate::stats::{Counters, bump};
 use crate::topic::Published;
 
-/// One event being published, as every sink sees it.
+/// One event being published, as every sink sees it: an `Envelope<E>` (typed
+/// publishes) or a `RawEvent` (`publish_raw`). Borrowed: a synchronous sink that takes
+/// it clones the `Arc`; the publish moves it into the topic's ring afterwards.
 pub(crate) struct Offer<'a> {
     pub(crate) event_type: &'a str,
-    /// `&Arc<Envelope<E>>` for typed publishes.
-    pub(crate) typed: Option<&'a (dyn Any + Send + Sync)>,
-    /// The record, for `publish_raw`.
-    pub(crate) raw_input: Option<&'a Arc<RawEvent>>,
-    pub(crate) info: &'a dyn EventInfo,
-}
-
-impl<'a> Offer<'a> {
-    pub(crate) fn typed<E: Event>(env: &'a Arc<Envelope<E>>) -> Self {
-        Self {
-            event_type: E::TYPE,
-            typed: Some(env),
-            raw_input: None,
-            info: &**env,
-        }
-    }
-
-    pub(crate) fn raw(raw: &'a Arc<RawEvent>) -> Self {
-        Self {
-            event_type: &raw.event_type,
-            typed: None,
-            raw_input: Some(raw),
-            info: &**raw,
-        }
-    }
+    pub(crate) event: &'a Arc<dyn EventInfo>,
 }
 
 /// Which events a group takes, and in what form, from a topic's ring.
@@ -87,16 +65,14 @@ impl<E> TypedFilter<E> {
 
 impl<E: Event> AcceptsOffer<Envelope<E>> for TypedFilter<E> {
     fn item(&self, offer: &Offer<'_>) -> Option<Item<Envelope<E>>> {
-        if let Some(any) = offer.typed {
-            return any
-                .downcast_ref::<Arc<Envelope<E>>>()
-                .map(|env| Item::Event(env.clone()));
-        }
-        let raw = offer.raw_input?;
-        if &*raw.event_type != E::TYPE {
+        if offer.event_type != E::TYPE {
             return None;
         }
-        Some(decode_raw(raw.clone()))
+        let any: Arc<dyn Any + Send + Sync> = offer.event.clone();
+        match any.downcast::<Envelope<E>>() {
+            Ok(env) => Some(Item::Event(env)),
+            Err(any) => any.downcast::<RawEvent>().ok().map(decode_raw),
+        }
     }
 }
 
