@@ -122,7 +122,11 @@ impl Tally {
 /// Counters of a bus. Every accepted delivery (one event for one subscription) ends in
 /// exactly one of `delivered`, `failed`, `dead_lettered`, `expired`, `not_delivered`,
 /// or is still `in_flight`.
+///
+/// `#[non_exhaustive]`: counters are added as the engine grows (`batches` was), so it
+/// is read, not built, outside this crate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BusStats {
     /// Events that reached every subscription of their topic (including those whose
     /// synchronous subscribers failed); refused publishes (full, timeout, shut down) are not counted.
