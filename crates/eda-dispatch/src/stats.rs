@@ -150,9 +150,9 @@ pub struct BusStats {
     pub retries: u64,
     /// Times a group's processor had emptied its queue, waited, and was woken by a
     /// publish. Each such wake-up costs the publisher a task wake-up (with a
-    /// multi-threaded runtime, often a thread wake-up: microseconds); a bus whose
-    /// groups keep up with steady traffic counts about one per event, and under a burst
-    /// far fewer than events.
+    /// multi-threaded runtime, often a thread wake-up: microseconds); a processor that
+    /// keeps up yields once after a small read before it waits, so steady traffic
+    /// wakes it rarely, and a burst far fewer times than events.
     pub wakeups: u64,
     /// Batches the groups' processors read from their topics' rings: `deliveries /
     /// batches` is the mean batch of in-process groups (at most 256). A processor that
