@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  ci               fmt, clippy, each feature alone, tests, doc tests,\n\
-                 \x20                 ring stress (release), loom models, mpsc baseline, docs\n\
+                 \x20                 ring stress (release), loom clippy and models, mpsc baseline, docs\n\
                  bench [bus|ring|transport|sqlite|redis|kafka|dedup|observe] [filter]\n\
                  \x20                benchmarks with in-run baselines (release build)\n\
                  services up      check the services tests need; install/start the missing\n\
@@ -182,6 +182,22 @@ fn ci() -> Result<(), String> {
         ]),
     )?;
     let loom_target = root().join("target").join("loom");
+    run(
+        "clippy with the loom shim (--cfg loom)",
+        cargo()
+            .args([
+                "clippy",
+                "-p",
+                "eda-dispatch",
+                "--lib",
+                "--tests",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", &loom_target),
+    )?;
     run(
         "loom models of the ring",
         cargo()

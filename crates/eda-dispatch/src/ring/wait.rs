@@ -247,11 +247,15 @@ impl WaitStrategy {
                 }
             }
             Self::Blocking => {
-                for _ in 0..YIELD_TRIES {
+                // A countdown, not `0..YIELD_TRIES`: under loom the range is empty,
+                // which clippy rejects.
+                let mut tries = YIELD_TRIES;
+                while tries > 0 {
                     if ready() {
                         return;
                     }
                     yield_now();
+                    tries -= 1;
                 }
                 notifier.wait_until(ready, None);
             }
