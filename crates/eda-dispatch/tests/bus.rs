@@ -15,7 +15,7 @@ use eda_core::{
 };
 use eda_dispatch::{
     Balancer, Bus, DeliveryMode, Executor, PublishError, RetryPolicy, SubscribeError,
-    SubscribeOptions, TopicConfig,
+    SubscribeOptions, Subscription, TopicConfig,
 };
 
 type Seen = Arc<Mutex<HashMap<String, Vec<u64>>>>;
@@ -691,6 +691,27 @@ async fn pattern_subscribers_get_type_erased_events() {
     assert_eq!(json["partitionkey"], "c5");
 }
 
+/// Subscribes a handler that counts the events of type `E` it gets.
+fn counting<E: eda_core::Event>(bus: &Bus) -> (Subscription, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let handled = count.clone();
+    let sub = bus
+        .subscribe(move |_e: Arc<Envelope<E>>, _c: Context| {
+            handled.fetch_add(1, Ordering::Relaxed);
+            async { Ok(()) }
+        })
+        .unwrap();
+    (sub, count)
+}
+
+/// Yields until `count` reaches `n` (on a current-thread runtime the group's processor
+/// runs while this task yields).
+async fn yield_until(count: &AtomicU64, n: u64) {
+    while count.load(Ordering::Relaxed) < n {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Counts how often it is serialized: the bus encodes an event for pattern groups.
 static ENCODED: AtomicU64 = AtomicU64::new(0);
 
@@ -715,20 +736,11 @@ impl eda_core::Event for Audited {
 #[tokio::test]
 async fn pattern_groups_share_one_encoding_per_event() {
     let bus = Bus::new();
-    let typed = Arc::new(AtomicU64::new(0));
-    let t = typed.clone();
-    let _typed = bus
-        .subscribe(move |_e: Arc<Envelope<Audited>>, _c: Context| {
-            t.fetch_add(1, Ordering::Relaxed);
-            async { Ok(()) }
-        })
-        .unwrap();
+    let (_typed, typed) = counting::<Audited>(&bus);
     for n in 0..10 {
         bus.publish(Audited { n }).await.unwrap();
     }
-    while typed.load(Ordering::Relaxed) < 10 {
-        tokio::task::yield_now().await;
-    }
+    yield_until(&typed, 10).await;
     assert_eq!(ENCODED.load(Ordering::Relaxed), 0);
 
     let records = Arc::new(Mutex::new(Vec::new()));
@@ -1304,19 +1316,8 @@ async fn publish_futures_stay_small() {
 #[tokio::test]
 async fn batches_count_the_processors_reads() {
     let bus = Bus::new();
-    let count = Arc::new(AtomicU64::new(0));
-    let handled = count.clone();
-    let _sub = bus
-        .subscribe(move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
-            handled.fetch_add(1, Ordering::Relaxed);
-            async { Ok(()) }
-        })
-        .unwrap();
-    let wait_for = async |n: u64| {
-        while count.load(Ordering::Relaxed) < n {
-            tokio::task::yield_now().await;
-        }
-    };
+    let (_sub, count) = counting::<OrderCreated>(&bus);
+    let wait_for = async |n: u64| yield_until(&count, n).await;
     tokio::task::yield_now().await;
     assert_eq!(bus.stats().batches, 0);
     // Published while the processor cannot run (current-thread runtime, room for all).
@@ -1343,19 +1344,8 @@ async fn batches_count_the_processors_reads() {
 #[tokio::test]
 async fn wakeups_count_the_times_an_idle_group_was_woken() {
     let bus = Bus::new();
-    let count = Arc::new(AtomicU64::new(0));
-    let handled = count.clone();
-    let _sub = bus
-        .subscribe(move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
-            handled.fetch_add(1, Ordering::Relaxed);
-            async { Ok(()) }
-        })
-        .unwrap();
-    let wait_for = async |n: u64| {
-        while count.load(Ordering::Relaxed) < n {
-            tokio::task::yield_now().await;
-        }
-    };
+    let (_sub, count) = counting::<OrderCreated>(&bus);
+    let wait_for = async |n: u64| yield_until(&count, n).await;
     // Let the processor start and find its queue empty.
     tokio::task::yield_now().await;
     assert_eq!(bus.stats().wakeups, 0);
