@@ -68,11 +68,17 @@ impl<E: Event> AcceptsOffer<Envelope<E>> for TypedFilter<E> {
         if offer.event_type != E::TYPE {
             return None;
         }
-        let any: Arc<dyn Any + Send + Sync> = offer.event.clone();
-        match any.downcast::<Envelope<E>>() {
-            Ok(env) => Some(Item::Event(env)),
-            Err(any) => any.downcast::<RawEvent>().ok().map(decode_raw),
-        }
+        item_of(offer.event)
+    }
+}
+
+/// `event` as an item for a group of `Envelope<E>`: itself if it is one, decoded if it
+/// is a record (`None` for anything else).
+fn item_of<E: Event>(event: &Arc<dyn EventInfo>) -> Option<Item<Envelope<E>>> {
+    let any: Arc<dyn Any + Send + Sync> = event.clone();
+    match any.downcast::<Envelope<E>>() {
+        Ok(env) => Some(Item::Event(env)),
+        Err(any) => any.downcast::<RawEvent>().ok().map(decode_raw),
     }
 }
 
@@ -81,16 +87,9 @@ impl<E: Event> Accepts<Envelope<E>> for TypedFilter<E> {
         if published.event.event_type() != E::TYPE {
             return None;
         }
-        let any: Arc<dyn Any + Send + Sync> = published.event.clone();
-        if let Ok(env) = any.downcast::<Envelope<E>>() {
-            return Some(Item::Event(env));
-        }
-        // Published raw, or wrapped with its record form for pattern groups.
-        let any: Arc<dyn Any + Send + Sync> = published.event().clone();
-        match any.downcast::<Envelope<E>>() {
-            Ok(env) => Some(Item::Event(env)),
-            Err(any) => any.downcast::<RawEvent>().ok().map(decode_raw),
-        }
+        // The slot's event as it is first (the common case), then out of the wrapper
+        // that carries its record form while pattern groups read the topic.
+        item_of(&published.event).or_else(|| item_of(published.event()))
     }
     fn describe(&self) -> String {
         format!("events of type `{}`", E::TYPE)
