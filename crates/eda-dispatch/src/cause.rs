@@ -107,24 +107,12 @@ impl<F: Future> Future for Scoped<F> {
 /// Calls `f` with the current event, if a handler is running on this task (or, for
 /// synchronous handlers, on this thread).
 pub(crate) fn with_current<R>(f: impl FnOnce(&dyn EventInfo) -> R) -> Option<R> {
-    let f = |current: &Cell<Option<Arc<dyn EventInfo>>>| {
-        let event = current.take()?;
-        // Put back even if `f` panics.
-        struct Restore<'a>(
-            &'a Cell<Option<Arc<dyn EventInfo>>>,
-            Option<Arc<dyn EventInfo>>,
-        );
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                self.0.set(self.1.take());
-            }
-        }
-        let restore = Restore(current, Some(event));
-        let event = restore.1.as_deref()?;
-        Some(f(event))
-    };
-    // No current event on a thread whose slot is gone (thread-local destructors).
-    CURRENT.try_with(f).ok().flatten()
+    // Takes the event out while `f` runs (and puts it back, even if `f` panics). No
+    // current event on a thread whose slot is gone (thread-local destructors).
+    let mut none = None;
+    let entered = Entered::new(&mut none);
+    let event = entered.outer.as_ref()?.as_deref()?;
+    Some(f(event))
 }
 
 /// The cause of an event published now: the event whose handler is running on this
