@@ -57,6 +57,11 @@ use rskafka::BackoffConfig;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
+/// How often [`EventStore::read`] asks again for records below a partition's high
+/// watermark that the broker answered without, and how long each of those asks waits.
+const EMPTY_READ_RETRIES: u32 = 3;
+const EMPTY_READ_WAIT: Duration = Duration::from_millis(50);
+
 /// What the store keeps its group state in: offsets, attempt counts, leases.
 pub trait Coordination: OffsetStore + LeaseStore {}
 impl<T: OffsetStore + LeaseStore> Coordination for T {}
@@ -492,11 +497,27 @@ impl EventStore for KafkaStore {
             for p in 0..self.inner.options.partitions {
                 let hw = self.high_watermark(topic, p).await?;
                 let mut offset = 0;
+                let mut empty = 0;
                 while offset < hw {
-                    let (records, _) = self.fetch(topic, p, offset, Duration::ZERO).await?;
+                    // The broker said records exist up to `hw`; an empty answer before
+                    // it is a broker that has not caught up (Tansu under load, once in
+                    // CI), so ask again, waiting for them. Bounded: a partition ending
+                    // in a transaction marker (control batches carry no records) would
+                    // answer empty for ever.
+                    let wait = if empty == 0 {
+                        Duration::ZERO
+                    } else {
+                        EMPTY_READ_WAIT
+                    };
+                    let (records, _) = self.fetch(topic, p, offset, wait).await?;
                     if records.is_empty() {
-                        break;
+                        empty += 1;
+                        if empty > EMPTY_READ_RETRIES {
+                            break;
+                        }
+                        continue;
                     }
+                    empty = 0;
                     for r in records {
                         offset = offset.max(r.offset + 1);
                         all.push((
