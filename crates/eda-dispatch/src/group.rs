@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use eda_core::{BoxFuture, CancellationToken, EventInfo};
 use futures_util::FutureExt as _;
@@ -32,9 +33,15 @@ use crate::topic::{Backpressure, Topic, lock};
 
 /// Events a processor reads from its ring at most at once.
 const MAX_BATCH: usize = 256;
-/// A read of fewer events than this makes the processor yield once before its next
-/// read, so that a publisher that is still publishing gets ahead (see `Processor::run`).
+/// A read of fewer events than this makes the processor wait briefly before its next
+/// read, so that a publisher that is still publishing gets ahead (see
+/// `Processor::gather`).
 const GATHER: usize = MAX_BATCH / 4;
+/// How often [`Processor::gather`] looks at the ring: it stops when no event came
+/// between two looks (the publisher paused)...
+const GATHER_LOOK: Duration = Duration::from_micros(1);
+/// ...and waits this long at most.
+const GATHER_MAX: Duration = Duration::from_micros(20);
 /// Backlog of a [`Backpressure::DropOldest`] group before it drops its oldest events.
 const LOSSY_BACKLOG: usize = 1024;
 
@@ -439,12 +446,53 @@ where
         n
     }
 
+    /// After a small read (its events are handled by now), on a runtime with several
+    /// workers, while the publisher is still publishing: spins until [`GATHER`] events are there, none came in the last
+    /// [`GATHER_LOOK`], or [`GATHER_MAX`] passed.
+    ///
+    /// A processor that keeps up with its publisher finds one or two events per read:
+    /// it would chase the publisher an event at a time, each read pulling back the slot
+    /// and event lines the publisher is writing, with a loop iteration and a
+    /// consumer-progress barrier per event. Waiting here lets the publisher get ahead;
+    /// the next read takes dozens. What was read is never delayed; the next event at most
+    /// by `GATHER_MAX`, and a publisher that stopped costs `GATHER_LOOK`. (It used to
+    /// `tokio::task::yield_now` here, which made every small read a trip through the
+    /// scheduler that woke the runtime's idle worker: in the bus bench's runs with small
+    /// batches, 6,000–15,000 switches per worker thread per 500,000 events, the
+    /// processor task moving between the two. Spinning: none, and the runs with large
+    /// batches 3–8 % faster; docs/benchmarks.md.)
+    fn gather(&self) {
+        let clock = crate::runner::tsc_clock();
+        let start = clock.now();
+        let (mut lag, mut looked) = (self.consumer.claimed_lag(), start);
+        while lag < GATHER as i64 {
+            // Between looks it reads only the CPU's time-stamp counter: polling the
+            // ring's cursor, a line the publisher writes per event, would slow it.
+            let now = loop {
+                std::hint::spin_loop();
+                let now = clock.now();
+                if now - looked >= GATHER_LOOK {
+                    break now;
+                }
+            };
+            let seen = self.consumer.claimed_lag();
+            if seen == lag || now - start >= GATHER_MAX {
+                return;
+            }
+            (lag, looked) = (seen, now);
+        }
+    }
+
     async fn run(mut self) {
         let group = self.group.clone();
         let mut changed = Box::pin(group.changed.notified());
         changed.as_mut().enable();
         let mut closed = false;
         let mut gather = false;
+        // With several workers a publisher runs beside this task: `gather` spins. On a
+        // current-thread runtime, it yields instead.
+        let spin = tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::CurrentThread;
         loop {
             self.clock.reset();
             self.refresh();
@@ -458,16 +506,14 @@ where
             let can_read = !finishing
                 && !closed
                 && (lossy || (self.backlog.is_empty() && self.can_dispatch()));
-            // A processor that keeps up with its publisher finds one or two events per
-            // read: it would chase the publisher an event at a time, each read pulling
-            // back the slot and event lines the publisher is writing, with a loop
-            // iteration and a consumer-progress barrier per event. After a small read
-            // (its events are handled by now) it yields once before reading again: the
-            // publisher gets ~a microsecond ahead, the next read takes dozens. What was
-            // read is never delayed; the next event at most by that yield.
             if can_read && gather {
                 gather = false;
-                tokio::task::yield_now().await;
+                if spin {
+                    self.gather();
+                } else {
+                    // One thread: a publisher can only get ahead while this task waits.
+                    tokio::task::yield_now().await;
+                }
             }
             let n = if can_read { self.read() } else { 0 };
             if n > 0 {

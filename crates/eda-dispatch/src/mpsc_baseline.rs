@@ -105,6 +105,11 @@ impl Consumer {
         &self.sequence
     }
 
+    /// Events sent but not read yet.
+    pub(crate) fn claimed_lag(&self) -> i64 {
+        (self.rx.len() + usize::from(self.peeked.is_some())) as i64
+    }
+
     pub(crate) fn try_read_batch(
         &mut self,
         max: usize,

@@ -157,6 +157,12 @@ fn run_clock_counter() -> &'static (quanta::Clock, u64) {
     })
 }
 
+/// The time-stamp counter's clock (quanta's; the OS clock where the counter is not
+/// reliable), calibrated once per process.
+pub(crate) fn tsc_clock() -> &'static quanta::Clock {
+    &run_clock_counter().0
+}
+
 impl RunClock {
     /// The run's reading, taken again if it has none or it is too old.
     pub(crate) fn now(&self) -> Instant {

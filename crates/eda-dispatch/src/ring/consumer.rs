@@ -56,6 +56,15 @@ impl<T: Send + Sync> Consumer<T> {
         (self.barrier.available(self.next) - self.next + 1).max(0)
     }
 
+    /// Events producers claimed past this consumer, published or not yet: a cheaper
+    /// [`lag`](Self::lag) for a consumer that polls while its producers write. It reads
+    /// the ring's cursor alone (on a multi-producer ring, `lag` reads each event's
+    /// published flag: lines the producers are writing), and ignores the consumers this
+    /// one runs after.
+    pub fn claimed_lag(&self) -> i64 {
+        (self.barrier.ring.cursor() - self.next + 1).max(0)
+    }
+
     /// Reads up to `max` available events through `f(sequence, &event)`, then releases
     /// them. Returns how many were read (0 when none is available).
     #[inline]
@@ -186,6 +195,21 @@ mod tests {
         let mut seen = Vec::new();
         assert_eq!(consumer.try_read_batch(8, |s, v| seen.push((s, *v))), 6);
         assert_eq!(seen, (6..12).map(|v| (v as i64, v)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn claimed_lag_counts_what_the_consumer_has_not_read() {
+        let (producer, ring) = super::super::multi_producer_with::<u64>(8, WaitStrategy::Yielding);
+        let mut consumer = ring.consumer();
+        assert_eq!(consumer.claimed_lag(), 0);
+        for v in 0..5 {
+            producer.try_publish(v).unwrap();
+        }
+        assert_eq!((consumer.claimed_lag(), consumer.lag()), (5, 5));
+        assert_eq!(consumer.try_read_batch(3, |_, _| {}), 3);
+        assert_eq!((consumer.claimed_lag(), consumer.lag()), (2, 2));
+        consumer.try_read_batch(8, |_, _| {});
+        assert_eq!(consumer.claimed_lag(), 0);
     }
 
     #[test]
