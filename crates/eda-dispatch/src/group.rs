@@ -447,8 +447,9 @@ where
     }
 
     /// After a small read (its events are handled by now), on a runtime with several
-    /// workers, while the publisher is still publishing: spins until [`GATHER`] events are there, none came in the last
-    /// [`GATHER_LOOK`], or [`GATHER_MAX`] passed.
+    /// worker threads, while the publisher is still publishing: spins until [`GATHER`]
+    /// events are there, none came in the last [`GATHER_LOOK`], or [`GATHER_MAX`]
+    /// passed.
     ///
     /// A processor that keeps up with its publisher finds one or two events per read:
     /// it would chase the publisher an event at a time, each read pulling back the slot
@@ -489,10 +490,9 @@ where
         changed.as_mut().enable();
         let mut closed = false;
         let mut gather = false;
-        // With several workers a publisher runs beside this task: `gather` spins. On a
-        // current-thread runtime, it yields instead.
-        let spin = tokio::runtime::Handle::current().runtime_flavor()
-            != tokio::runtime::RuntimeFlavor::CurrentThread;
+        // With several workers a publisher can run beside this task: `gather` spins.
+        // With one (a current-thread runtime), it yields instead.
+        let spin = tokio::runtime::Handle::current().metrics().num_workers() > 1;
         loop {
             self.clock.reset();
             self.refresh();
