@@ -277,58 +277,71 @@ fn bench(args: &[String]) -> Result<(), String> {
 /// `cargo xtask bench transport`: the whole bus on its rings against the same bus built
 /// with `--cfg eda_mpsc_baseline` (a bounded `tokio::sync::mpsc` channel per group in
 /// place of each topic's ring; own target directory), async scenarios of the `bus`
-/// bench, five rounds of each build alternating; medians of the rates and of the
-/// per-round ratios (issue 3's last target).
+/// bench, five rounds; medians of the rates and of the per-round ratios (issue 3's last
+/// target). A round runs one scenario group on both builds back to back (a few seconds
+/// apart, so that a phase of this shared machine falls on both alike), then the next
+/// group; which build goes first alternates from round to round.
 fn bench_transport() -> Result<(), String> {
     const ROUNDS: usize = 5;
     let mut rates: Vec<(String, [Vec<f64>; 2])> = Vec::new();
-    for round in 1..=ROUNDS {
-        for (i, baseline) in [false, true].into_iter().enumerate() {
-            let mut cmd = cargo();
-            cmd.args([
-                "bench",
-                "-p",
-                "eda-dispatch",
-                "--bench",
-                "bus",
-                "--",
-                "async",
-            ]);
-            if baseline {
-                cmd.env("RUSTFLAGS", "--cfg eda_mpsc_baseline");
-                cmd.env("CARGO_TARGET_DIR", root().join("target").join("mpsc"));
+    let runs = (1..=ROUNDS).flat_map(|round| {
+        let builds = if round % 2 == 1 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        ["async 1", "async 3"]
+            .into_iter()
+            .flat_map(move |filter| builds.map(|baseline| (round, filter, baseline)))
+    });
+    for (round, filter, baseline) in runs {
+        let i = usize::from(baseline);
+        let mut cmd = cargo();
+        cmd.args([
+            "bench",
+            "-p",
+            "eda-dispatch",
+            "--bench",
+            "bus",
+            "--",
+            filter,
+        ]);
+        // Only the bus's own rows: the seed and broadcast baselines are not compared here.
+        cmd.env("EDA_BENCH_SKIP_BASELINES", "1");
+        if baseline {
+            cmd.env("RUSTFLAGS", "--cfg eda_mpsc_baseline");
+            cmd.env("CARGO_TARGET_DIR", root().join("target").join("mpsc"));
+        }
+        let what = if baseline { "mpsc baseline" } else { "ring" };
+        eprintln!("==> round {round}, {filter}: the bus on the {what}");
+        let out = cmd
+            .output()
+            .map_err(|e| format!("bench transport: cannot start cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "bench transport ({what}) failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // Rows `| scenario | 2.91 M | (a) ... |`: the bus's own rate, once per scenario.
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 4 || !cells[3].starts_with("(a)") {
+                continue;
             }
-            let what = if baseline { "mpsc baseline" } else { "ring" };
-            eprintln!("==> round {round}: the bus on the {what}");
-            let out = cmd
-                .output()
-                .map_err(|e| format!("bench transport: cannot start cargo: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "bench transport ({what}) failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            // Rows `| scenario | 2.91 M | (a) ... |`: the bus's own rate, once per scenario.
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-                if cells.len() < 4 || !cells[3].starts_with("(a)") {
-                    continue;
-                }
-                let Some(rate) = cells[2]
-                    .strip_suffix(" M")
-                    .and_then(|m| m.parse::<f64>().ok())
-                else {
-                    continue;
-                };
-                let scenario = cells[1].to_owned();
-                match rates.iter_mut().find(|(s, _)| *s == scenario) {
-                    Some((_, r)) => r[i].push(rate * 1e6),
-                    None => {
-                        let mut r: [Vec<f64>; 2] = Default::default();
-                        r[i].push(rate * 1e6);
-                        rates.push((scenario, r));
-                    }
+            let Some(rate) = cells[2]
+                .strip_suffix(" M")
+                .and_then(|m| m.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            let scenario = cells[1].to_owned();
+            match rates.iter_mut().find(|(s, _)| *s == scenario) {
+                Some((_, r)) => r[i].push(rate * 1e6),
+                None => {
+                    let mut r: [Vec<f64>; 2] = Default::default();
+                    r[i].push(rate * 1e6);
+                    rates.push((scenario, r));
                 }
             }
         }
