@@ -1370,3 +1370,72 @@ async fn wakeups_count_the_times_an_idle_group_was_woken() {
     wait_for(103).await;
     assert_eq!(bus.stats().wakeups, 4, "one wake-up for the whole burst");
 }
+
+/// A group that always finds events (its handler slower than its publisher) still lets
+/// the other tasks of its worker run: its processor yields after every ~1,000 events it
+/// handled without an await.
+#[test]
+fn a_busy_group_lets_the_other_tasks_of_its_worker_run() {
+    const N: u64 = 5_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt.block_on(async { Bus::new() });
+    let handled = Arc::new(AtomicU64::new(0));
+    let counted = handled.clone();
+    let _sub = rt.block_on(async {
+        bus.subscribe(move |_e: Arc<Envelope<OrderCreated>>, _c: Context| {
+            // Slower than a publish: the ring stays full while the publisher runs.
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_micros(20) {
+                std::hint::spin_loop();
+            }
+            counted.fetch_add(1, Ordering::Relaxed);
+            async { Ok(()) }
+        })
+        .unwrap()
+    });
+    // A task on the runtime's only worker: it notes whether it ran in the middle of the
+    // run, while the ring was full (at its start the group reads small batches, and after
+    // a small read it yields anyway).
+    let ran_between = Arc::new(AtomicBool::new(false));
+    let ticker = rt.spawn({
+        let (handled, ran_between) = (handled.clone(), ran_between.clone());
+        async move {
+            loop {
+                let h = handled.load(Ordering::Relaxed);
+                if (N / 4..=3 * N / 4).contains(&h) {
+                    ran_between.store(true, Ordering::Relaxed);
+                }
+                if h >= N {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // The publisher: a thread of its own, retrying while the ring is full.
+    let publisher = std::thread::spawn({
+        let bus = bus.clone();
+        move || {
+            for id in 0..N {
+                while bus.try_publish(order(id)).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    });
+    publisher.join().unwrap();
+    rt.block_on(async {
+        ticker.await.unwrap();
+        yield_until(&handled, N).await;
+    });
+    assert!(
+        ran_between.load(Ordering::Relaxed),
+        "the other task could not run while the group handled events {}..={}",
+        N / 4,
+        3 * N / 4
+    );
+}
