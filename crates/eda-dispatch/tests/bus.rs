@@ -1372,8 +1372,8 @@ async fn wakeups_count_the_times_an_idle_group_was_woken() {
 }
 
 /// A group that always finds events (its handler slower than its publisher) still lets
-/// the other tasks of its worker run: its processor yields after every ~1,000 events it
-/// handled without an await.
+/// the other tasks of its worker run: its processor yields after running 1 ms without
+/// an await.
 #[test]
 fn a_busy_group_lets_the_other_tasks_of_its_worker_run() {
     const N: u64 = 5_000;
