@@ -45,8 +45,8 @@ const GATHER_MAX: Duration = Duration::from_micros(20);
 /// How long a processor runs without an await before it yields to the other tasks of its
 /// worker (a group that always finds events would otherwise keep the worker to itself).
 /// Not shorter: on a multi-thread runtime a yield wakes an idle worker, which may take
-/// the processor's task over (at every 1,024 events, the whole bus ran up to ~20 %
-/// slower).
+/// the processor's task over (at every 1,024 events, the whole bus ran 5–30 % slower
+/// in the transport bench's runs).
 const FAIR_SHARE: Duration = Duration::from_millis(1);
 /// Backlog of a [`Backpressure::DropOldest`] group before it drops its oldest events.
 const LOSSY_BACKLOG: usize = 1024;
@@ -522,6 +522,7 @@ where
                 } else {
                     // One thread: a publisher can only get ahead while this task waits.
                     tokio::task::yield_now().await;
+                    unbroken = clock.now();
                 }
             }
             let n = if can_read { self.read() } else { 0 };
