@@ -543,7 +543,6 @@ where
                     continue;
                 }
             }
-            unbroken = clock.now();
             if (closed || finishing) && self.busy() == 0 && (finishing || self.backlog.is_empty()) {
                 break;
             }
@@ -568,6 +567,9 @@ where
                 }
                 _ = group.removed.cancelled(), if !finishing => {}
             }
+            // After the wait, not before it: a processor woken after a quiet spell has
+            // not kept its worker for that long.
+            unbroken = clock.now();
         }
         self.finish();
     }
