@@ -499,11 +499,11 @@ impl EventStore for KafkaStore {
                 let mut offset = 0;
                 let mut empty = 0;
                 while offset < hw {
-                    // The broker said records exist up to `hw`; an empty answer before
-                    // it is a broker that has not caught up (Tansu under load, once in
-                    // CI), so ask again, waiting for them. Bounded: a partition ending
-                    // in a transaction marker (control batches carry no records) would
-                    // answer empty for ever.
+                    // The broker said records exist up to `hw`, yet an empty answer
+                    // before it was seen once in CI (Tansu under load; the cause was not
+                    // found), so ask again, waiting for them. Bounded: a partition
+                    // ending in a transaction marker (control batches carry no records)
+                    // would answer empty for ever.
                     let wait = if empty == 0 {
                         Duration::ZERO
                     } else {
