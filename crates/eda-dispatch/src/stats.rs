@@ -151,13 +151,14 @@ pub struct BusStats {
     /// Times a group's processor had emptied its queue, waited, and was woken by a
     /// publish. Each such wake-up costs the publisher a task wake-up (with a
     /// multi-threaded runtime, often a thread wake-up: microseconds); a processor that
-    /// keeps up yields once after a small read before it waits, so steady traffic
-    /// wakes it rarely, and a burst far fewer times than events.
+    /// keeps up waits briefly after a small read before it waits to be woken (spinning
+    /// up to 20 µs on a multi-thread runtime, one yield on a current-thread one), so
+    /// steady traffic wakes it rarely, and a burst far fewer times than events.
     pub wakeups: u64,
     /// Batches the groups' processors read from their topics' rings: `deliveries /
     /// batches` is the mean batch of in-process groups (at most 256). A processor that
-    /// keeps up with its publishers would read one event at a time; it yields once
-    /// after a small read so that the next one reads more.
+    /// keeps up with its publishers would read one event at a time; it waits briefly
+    /// after a small read (as above) so that the next one reads more.
     pub batches: u64,
 }
 
