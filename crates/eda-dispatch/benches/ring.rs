@@ -2,7 +2,11 @@
 //! `crossbeam-channel` (the ArrayBlockingQueue role), `tokio::sync` channels, and the
 //! `disruptor` crate (4.x) as the peer.
 //!
-//! Run with `cargo xtask bench ring` (or `cargo bench -p eda-dispatch --bench ring`).
+//! Run with `cargo xtask bench ring` (or `cargo bench -p eda-dispatch --bench ring`),
+//! optionally with filters (`unicast`, `multicast`, `multicast-blocking`, `pipeline`,
+//! `sequencer`, `latency`: a scenario runs when its name contains one). The run ends
+//! with issue 3's targets judged on its own figures; `cargo xtask bench targets` runs
+//! the target scenarios only, then the whole-bus comparison.
 //! The contenders of a scenario run in turn, once per round, five rounds after a warm-up
 //! each: a phase of this shared machine then falls on all of them alike. A rate is the
 //! median of its five runs; a ratio is the median of the five per-round ratios, printed
@@ -495,10 +499,20 @@ fn disruptor_ping_pong() -> Latency {
 }
 
 fn main() {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    // Filters: a scenario runs when its name contains one of them (all without any).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f));
     let m = |r: f64| format!("{:.1} M/s", r / 1e6);
     let mut rows: Vec<(String, String, String)> = Vec::new();
+    // Issue 3's targets, judged on this run's figures: (target, measured, met).
+    let mut targets: Vec<(&str, String, bool)> = Vec::new();
+    let mut at_least = |target: &'static str, r: &Ratio, floor: f64| {
+        let measured = format!("{:.2}× (rounds {:.2}–{:.2}×)", r.median, r.low, r.high);
+        targets.push((target, measured, r.median >= floor));
+    };
     let mut row = |scenario: &str, ours: f64, peers: &[(&str, Ratio)]| {
         let ratios = peers
             .iter()
@@ -527,6 +541,26 @@ fn main() {
             (N * 4, &mut |n| disruptor_unicast(n, 64)),
         ]);
         let (ours, peer, cb, mpsc, spin, batch, peer_batch) = (0, 1, 2, 3, 4, 5, 6);
+        at_least(
+            "unicast one at a time, yielding: ≥ 1.0× `disruptor`",
+            &r.ratio(ours, peer),
+            1.0,
+        );
+        at_least(
+            "unicast one at a time, yielding: ≥ 4× crossbeam bounded(1024)",
+            &r.ratio(ours, cb),
+            4.0,
+        );
+        at_least(
+            "unicast batches of 64: ≥ 1.0× `disruptor` batch",
+            &r.ratio(batch, peer_batch),
+            1.0,
+        );
+        at_least(
+            "unicast batches of 64: ≥ 25× crossbeam bounded(1024)",
+            &r.ratio(batch, cb),
+            25.0,
+        );
         row(
             "unicast 1P-1C, one at a time, yielding",
             r.rate(ours),
@@ -587,6 +621,11 @@ fn main() {
         }
         if blocking {
             let ours = r.rates.len() - 1;
+            at_least(
+                "multicast 1P-3C, default strategy (`Blocking`): ≥ 10× tokio broadcast",
+                &r.ratio(ours, bc),
+                10.0,
+            );
             row(
                 "multicast 1P-3C, blocking",
                 r.rate(ours),
@@ -639,15 +678,42 @@ fn main() {
     if wanted("latency") {
         println!("\n| ping-pong round trip ({PINGS} pings) | mean | p50 | p99 | p99.9 |");
         println!("|---|---:|---:|---:|---:|");
+        let spin = eda_ping_pong(WaitStrategy::BusySpin);
+        let crossbeam = crossbeam_ping_pong();
         for (name, l) in [
-            ("eda ring, busy-spin", eda_ping_pong(WaitStrategy::BusySpin)),
-            ("eda ring, yielding", eda_ping_pong(WaitStrategy::Yielding)),
-            ("disruptor, yielding (3 threads)", disruptor_ping_pong()),
-            ("crossbeam bounded", crossbeam_ping_pong()),
+            ("eda ring, busy-spin", &spin),
+            ("eda ring, yielding", &eda_ping_pong(WaitStrategy::Yielding)),
+            ("disruptor, yielding (3 threads)", &disruptor_ping_pong()),
+            ("crossbeam bounded", &crossbeam),
         ] {
             println!(
                 "| {name} | {:.0} ns | {} ns | {} ns | {} ns |",
                 l.mean, l.p50, l.p99, l.p999
+            );
+        }
+        targets.push((
+            "round trip, busy-spin: p50 ≤ 500 ns",
+            format!("{} ns", spin.p50),
+            spin.p50 <= 500,
+        ));
+        targets.push((
+            "round trip, busy-spin: p99 ≤ 1 µs and ≤ crossbeam's p99 (p99.9 reported)",
+            format!(
+                "{} ns, crossbeam {} ns (p99.9 {} ns)",
+                spin.p99, crossbeam.p99, spin.p999
+            ),
+            spin.p99 <= 1_000 && spin.p99 <= crossbeam.p99,
+        ));
+    }
+
+    if !targets.is_empty() {
+        // The whole bus against the mpsc bus is `cargo xtask bench transport`'s.
+        println!("\n| issue 3 target (this run) | measured | met? |");
+        println!("|---|---|---|");
+        for (target, measured, met) in &targets {
+            println!(
+                "| {target} | {measured} | {} |",
+                if *met { "yes" } else { "**no**" }
             );
         }
     }
