@@ -101,6 +101,7 @@ impl<T: Send + Sync> Consumer<T> {
             return Ok(());
         }
         ring.strategy.wait_until(&ring.data, || {
+            ring.prefetch_slot(self.next);
             self.barrier.available(self.next) >= self.next || ring.is_closed()
         });
         self.ready_or_closed()

@@ -5,7 +5,8 @@
 //! the ring (as in the LMAX Disruptor): only blocking rings pay for signalling.
 //!
 //! This is the only module of eda that contains `unsafe` (the slot accesses in
-//! `ring.rs`, whose soundness argument is in that file); loom models check it under
+//! `ring.rs`, whose soundness argument is in that file, and a cache prefetch in
+//! `sync.rs`, which touches no memory); loom models check it under
 //! `RUSTFLAGS="--cfg loom"`. On Linux, blocking rings wake sleeping threads through an
 //! asymmetric barrier (`membarrier(2)`, through rustix; [`Notifier`] says why and how).
 //!

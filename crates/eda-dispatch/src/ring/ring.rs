@@ -356,6 +356,18 @@ impl<T> RingBuffer<T> {
         written
     }
 
+    /// Brings the slot of `sequence` into this CPU's cache while a consumer waits for
+    /// it: its read after the wait then finds the line here (or on its way) instead of
+    /// fetching it from the producer's core after the cursor's line came, a cross-core
+    /// transfer less on the waiting path (docs/benchmarks.md, round trip).
+    #[inline]
+    pub(super) fn prefetch_slot(&self, sequence: i64) {
+        #[cfg(not(loom))]
+        self.slots[(sequence & self.mask) as usize].with(super::sync::prefetch);
+        #[cfg(loom)]
+        let _ = sequence;
+    }
+
     /// A consumer finished everything up to its new sequence: wake producers waiting for
     /// room and, in a pipeline, later stages waiting for it.
     #[inline]

@@ -31,6 +31,23 @@ pub(crate) fn spin_loop() {
     std::hint::spin_loop();
 }
 
+/// Asks the CPU to bring `ptr`'s cache line closer, without reading it (no access in
+/// the memory model: nothing is dereferenced). A no-op off x86-64; not under loom,
+/// whose cells have no address to give.
+#[cfg(not(loom))]
+#[inline]
+#[allow(unused_variables)]
+pub(crate) fn prefetch<T>(ptr: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 CPU has (it is in the
+    // target's baseline), and a prefetch never faults or dereferences its address, so
+    // any pointer is fine.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast());
+    }
+}
+
 /// Gives the rest of the time slice away.
 #[inline]
 pub(crate) fn yield_now() {
