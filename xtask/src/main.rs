@@ -281,19 +281,8 @@ fn bench(args: &[String]) -> Result<(), String> {
 /// name (the ring bench ends with its verdict table), then `bench transport` (the
 /// whole bus against the mpsc bus, with its own verdict column). ~3 minutes here.
 fn bench_targets() -> Result<(), String> {
-    let mut cmd = cargo();
-    cmd.args([
-        "bench",
-        "-p",
-        "eda-dispatch",
-        "--bench",
-        "ring",
-        "--",
-        "unicast",
-        "multicast-blocking",
-        "latency",
-    ]);
-    run("benchmark `ring` (the targets' scenarios)", &mut cmd)?;
+    let ring = ["ring", "unicast", "multicast-blocking", "latency"];
+    bench(&ring.map(String::from))?;
     bench_transport()
 }
 
