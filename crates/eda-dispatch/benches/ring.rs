@@ -75,6 +75,7 @@ impl Rounds {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Ratio {
     median: f64,
     low: f64,
@@ -543,32 +544,34 @@ fn main() {
             (N * 4, &mut |n| disruptor_unicast(n, 64)),
         ]);
         let (ours, peer, cb, mpsc, spin, batch, peer_batch) = (0, 1, 2, 3, 4, 5, 6);
+        let (one_peer, one_cb) = (r.ratio(ours, peer), r.ratio(ours, cb));
+        let (batch_peer, batch_cb) = (r.ratio(batch, peer_batch), r.ratio(batch, cb));
         at_least(
             "unicast one at a time, yielding: ≥ 1.0× `disruptor`",
-            &r.ratio(ours, peer),
+            &one_peer,
             1.0,
         );
         at_least(
             "unicast one at a time, yielding: ≥ 4× crossbeam bounded(1024)",
-            &r.ratio(ours, cb),
+            &one_cb,
             4.0,
         );
         at_least(
             "unicast batches of 64: ≥ 1.0× `disruptor` batch",
-            &r.ratio(batch, peer_batch),
+            &batch_peer,
             1.0,
         );
         at_least(
             "unicast batches of 64: ≥ 25× crossbeam bounded(1024)",
-            &r.ratio(batch, cb),
+            &batch_cb,
             25.0,
         );
         row(
             "unicast 1P-1C, one at a time, yielding",
             r.rate(ours),
             &[
-                ("disruptor", r.ratio(ours, peer)),
-                ("crossbeam bounded(1024)", r.ratio(ours, cb)),
+                ("disruptor", one_peer),
+                ("crossbeam bounded(1024)", one_cb),
                 ("tokio mpsc", r.ratio(ours, mpsc)),
             ],
         );
@@ -587,8 +590,8 @@ fn main() {
             "unicast 1P-1C, batches of 64, yielding",
             r.rate(batch),
             &[
-                ("disruptor batch", r.ratio(batch, peer_batch)),
-                ("crossbeam bounded(1024)", r.ratio(batch, cb)),
+                ("disruptor batch", batch_peer),
+                ("crossbeam bounded(1024)", batch_cb),
             ],
         );
     }
@@ -623,15 +626,16 @@ fn main() {
         }
         if blocking {
             let ours = r.rates.len() - 1;
+            let vs_broadcast = r.ratio(ours, bc);
             at_least(
                 "multicast 1P-3C, default strategy (`Blocking`): ≥ 10× tokio broadcast",
-                &r.ratio(ours, bc),
+                &vs_broadcast,
                 10.0,
             );
             row(
                 "multicast 1P-3C, blocking",
                 r.rate(ours),
-                &[("tokio broadcast", r.ratio(ours, bc))],
+                &[("tokio broadcast", vs_broadcast)],
             );
         }
     }
